@@ -1,0 +1,1 @@
+"""Serve Ollama models behind UbiOps: supervisor, authenticated proxy, testing utilities."""

@@ -1,0 +1,234 @@
+"""Settings: read once from the environment, validated, frozen.
+
+Every component takes the one :class:`Settings` object it needs through its constructor; nothing
+else in the package reads ``os.environ`` for configuration. A bad value raises :class:`ConfigError`
+naming the variable, and the command line turns that into exit status 2 with one line of text.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import math
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Literal, TypeVar
+
+from proxy.catalog import Catalog, CatalogError
+
+__all__ = ["ConfigError", "LogFormat", "LogLevel", "Settings", "load_settings", "split_host_port"]
+
+LogFormat = Literal["json", "console"]
+LogLevel = Literal["debug", "info", "warning", "error"]
+
+_LOG_FORMATS: tuple[LogFormat, ...] = ("json", "console")
+_LOG_LEVELS: tuple[LogLevel, ...] = ("debug", "info", "warning", "error")
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off"}
+
+T = TypeVar("T")
+
+
+class ConfigError(ValueError):
+    """A configuration variable holds a value the proxy cannot use."""
+
+    def __init__(self, variable: str, problem: str) -> None:
+        super().__init__(f"{variable}: {problem}")
+        self.variable = variable
+        self.problem = problem
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """Every setting of the proxy, supervisor and deployment, with its default."""
+
+    ollama_bin: str = "ollama"
+    catalog: Catalog = field(default_factory=Catalog)
+    ollama_internal_host: str = "127.0.0.1"
+    ollama_internal_port: int = 11435
+    proxy_host: str = "0.0.0.0"
+    proxy_port: int = 11434
+    proxy_api_key: str | None = None
+    proxy_admin_key: str | None = None
+    log_format: LogFormat = "json"
+    log_level: LogLevel = "info"
+    ollama_start_timeout: float = 120.0
+    ollama_start_attempts: int = 3
+    pull_concurrency: int = 2
+    pull_retries: int = 5
+    preload_models: bool = True
+    shutdown_grace: float = 10.0
+    proxy_max_body: int = 8 * 1024 * 1024
+    proxy_request_timeout: float = 600.0
+    proxy_max_concurrency: int = 4
+    proxy_max_queue: int = 64
+    ready_timeout: float = 1800.0
+
+    @property
+    def ollama_url(self) -> str:
+        """Base URL of the supervised ``ollama serve``."""
+        return f"http://{_url_host(self.ollama_internal_host)}:{self.ollama_internal_port}"
+
+    @property
+    def bind_host(self) -> str:
+        """The address the proxy really listens on: loopback only while no API key is set."""
+        return self.proxy_host if self.proxy_api_key else "127.0.0.1"
+
+    @property
+    def local_proxy_url(self) -> str:
+        """How a process of the same instance reaches the proxy (always over loopback)."""
+        return f"http://127.0.0.1:{self.proxy_port}"
+
+
+def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
+    """Build :class:`Settings` from ``environ`` (default: ``os.environ``).
+
+    Raises:
+        ConfigError: the first variable whose value is unusable, with what is wrong with it.
+    """
+    env = _Env(os.environ if environ is None else environ)
+    internal_host, internal_port = split_host_port(
+        env.text("OLLAMA_INTERNAL_HOST", "127.0.0.1:11435"), "OLLAMA_INTERNAL_HOST", 11435
+    )
+    if not _is_loopback(internal_host):
+        raise ConfigError(
+            "OLLAMA_INTERNAL_HOST",
+            f"{internal_host!r} is not a loopback address; Ollama has no authentication "
+            "and must only listen on 127.0.0.1, ::1 or localhost",
+        )
+    try:
+        catalog = Catalog.parse(
+            env.text("OLLAMA_CHAT_MODELS", ""),
+            env.text("OLLAMA_EMBEDDING_MODELS", ""),
+            env.text("MODEL_ALIASES", ""),
+        )
+    except CatalogError as exc:
+        raise ConfigError(exc.variable, exc.problem) from None
+    num_parallel = env.number("OLLAMA_NUM_PARALLEL", 1, int, minimum=1)
+    settings = Settings(
+        ollama_bin=env.text("OLLAMA_BIN", "ollama", required=True),
+        catalog=catalog,
+        ollama_internal_host=internal_host,
+        ollama_internal_port=internal_port,
+        proxy_host=env.text("PROXY_HOST", "0.0.0.0", required=True),
+        proxy_port=env.number("PROXY_PORT", 11434, int, minimum=1, maximum=65535),
+        proxy_api_key=env.secret("PROXY_API_KEY"),
+        proxy_admin_key=env.secret("PROXY_ADMIN_KEY"),
+        log_format=env.choice("LOG_FORMAT", "json", _LOG_FORMATS),
+        log_level=env.choice("LOG_LEVEL", "info", _LOG_LEVELS),
+        ollama_start_timeout=env.number("OLLAMA_START_TIMEOUT", 120.0, float, minimum=0.1),
+        ollama_start_attempts=env.number("OLLAMA_START_ATTEMPTS", 3, int, minimum=1),
+        pull_concurrency=env.number("PULL_CONCURRENCY", 2, int, minimum=1),
+        pull_retries=env.number("PULL_RETRIES", 5, int, minimum=1),
+        preload_models=env.flag("PRELOAD_MODELS", True),
+        shutdown_grace=env.number("SHUTDOWN_GRACE", 10.0, float, minimum=0.0),
+        proxy_max_body=env.number("PROXY_MAX_BODY", 8 * 1024 * 1024, int, minimum=1024),
+        proxy_request_timeout=env.number("PROXY_REQUEST_TIMEOUT", 600.0, float, minimum=0.1),
+        proxy_max_concurrency=env.number("PROXY_MAX_CONCURRENCY", 4 * num_parallel, int, minimum=1),
+        proxy_max_queue=env.number("PROXY_MAX_QUEUE", 64, int, minimum=0),
+        ready_timeout=env.number("READY_TIMEOUT", 1800.0, float, minimum=0.1),
+    )
+    if settings.proxy_api_key and settings.proxy_api_key == settings.proxy_admin_key:
+        raise ConfigError("PROXY_ADMIN_KEY", "must differ from PROXY_API_KEY")
+    return settings
+
+
+def split_host_port(value: str, variable: str, default_port: int) -> tuple[str, int]:
+    """Split ``host[:port]`` (``[v6]:port`` for IPv6) the way Ollama reads OLLAMA_HOST."""
+    text = value.strip()
+    for scheme in ("http://", "https://"):
+        text = text.removeprefix(scheme)
+    text = text.rstrip("/")
+    if text.startswith("["):
+        host, _, rest = text[1:].partition("]")
+        port_text = rest.removeprefix(":")
+    elif text.count(":") == 1:
+        host, _, port_text = text.partition(":")
+    else:
+        host, port_text = text, ""
+    if not host:
+        raise ConfigError(variable, f"{value!r} names no host")
+    if not port_text:
+        return host, default_port
+    if not port_text.isdigit() or not 1 <= int(port_text) <= 65535:
+        raise ConfigError(variable, f"{port_text!r} is not a port number (1-65535)")
+    return host, int(port_text)
+
+
+class _Env:
+    """Typed readers over an environment mapping; each raises ConfigError naming the variable."""
+
+    def __init__(self, environ: Mapping[str, str]) -> None:
+        self._environ = environ
+
+    def text(self, name: str, default: str, *, required: bool = False) -> str:
+        value = self._environ.get(name, default).strip()
+        if required and not value:
+            raise ConfigError(name, "must not be empty")
+        return value
+
+    def secret(self, name: str) -> str | None:
+        value = self._environ.get(name, "")
+        if value != value.strip():
+            raise ConfigError(name, "has leading or trailing white space")
+        if value and len(value) < 16:
+            raise ConfigError(name, "is too short; use at least 16 characters")
+        return value or None
+
+    def flag(self, name: str, default: bool) -> bool:
+        value = self._environ.get(name, "").strip().lower()
+        if not value:
+            return default
+        if value in _TRUE:
+            return True
+        if value in _FALSE:
+            return False
+        raise ConfigError(name, f"{value!r} is not a boolean (use true or false)")
+
+    def choice(self, name: str, default: T, choices: tuple[T, ...]) -> T:
+        value = self._environ.get(name, "").strip().lower()
+        if not value:
+            return default
+        for choice in choices:
+            if value == choice:
+                return choice
+        raise ConfigError(name, f"{value!r} is not one of {', '.join(map(str, choices))}")
+
+    def number(
+        self,
+        name: str,
+        default: T,
+        parse: Callable[[str], T],
+        *,
+        minimum: float | None = None,
+        maximum: float | None = None,
+    ) -> T:
+        raw = self._environ.get(name, "").strip()
+        if not raw:
+            return default
+        kind = "an integer" if parse is int else "a number"
+        try:
+            value = parse(raw)
+        except ValueError:
+            raise ConfigError(name, f"{raw!r} is not {kind}") from None
+        number = float(value)  # type: ignore[arg-type]
+        if not math.isfinite(number):
+            raise ConfigError(name, f"{raw!r} is not {kind}")
+        if minimum is not None and number < minimum:
+            raise ConfigError(name, f"{raw} is below the minimum of {minimum:g}")
+        if maximum is not None and number > maximum:
+            raise ConfigError(name, f"{raw} is above the maximum of {maximum:g}")
+        return value
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _url_host(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
