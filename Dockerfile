@@ -1,0 +1,107 @@
+# syntax=docker/dockerfile:1
+#
+# The environment image: Ollama (pinned, checksum-verified) plus this project installed from
+# uv.lock into the image's Python, running as the non-root user `deployment`.
+#
+#   docker build -t ollama-ubiops .                                   # local test image
+#   docker build -t ollama-ubiops \
+#     --build-arg BASE_IMAGE=<registry>/ubiops-deployment-instance-ubuntu24.04-python3.13:v5.17.2 .
+#   docker save -o ollama-ubiops.tar ollama-ubiops                   # what UbiOps takes
+#
+# scripts/deploy.sh --build does both and uploads the archive. Build arguments:
+#   BASE_IMAGE             the UbiOps base image (with its request agent) for UbiOps; the public
+#                          default is for local builds only.
+#   OLLAMA_VERSION/_SHA256 the pinned Ollama release and the sha256 of its linux-amd64 archive
+#                          (releases >= 0.14 ship .tar.zst, older ones .tgz: set OLLAMA_ARCHIVE).
+#   OLLAMA_GPU=true        keep Ollama's CUDA/ROCm/Vulkan libraries (GPU instance types); the
+#                          default strips them, which makes the image about 1.5 GB smaller.
+#   BAKE_CHAT_MODELS / BAKE_EMBEDDING_MODELS
+#                          comma-separated models to pull into the image at build time (with
+#                          `python3 -m proxy pull`); without them the models are pulled at start.
+#
+# No CMD or ENTRYPOINT: the UbiOps base image's agent must stay the entry point. To run the proxy
+# from a local build: docker run --rm -p 11434:11434 -e PROXY_API_KEY=... ollama-ubiops \
+#   python3 -m proxy serve
+
+ARG BASE_IMAGE=python:3.13-slim-bookworm
+ARG BUILD_IMAGE=python:3.13-slim-bookworm
+
+# ---- Ollama: download the release archive, verify its sha256, unpack ----------------------------
+FROM ${BUILD_IMAGE} AS ollama
+ARG OLLAMA_VERSION=0.34.2
+ARG OLLAMA_ARCHIVE=ollama-linux-amd64.tar.zst
+ARG OLLAMA_SHA256=e155b83589986d2c581fdbf1381ea3ebdb16549883679cd5a0627f7cdc05b12b
+ARG OLLAMA_GPU=false
+SHELL ["/bin/bash", "-o", "pipefail", "-c"]
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends zstd=1.5.4+dfsg2-5 \
+    && rm -rf /var/lib/apt/lists/*
+WORKDIR /tmp/ollama
+RUN if [[ ! "${OLLAMA_SHA256}" =~ ^[0-9a-f]{64}$ ]]; then \
+        echo "OLLAMA_SHA256 must be the sha256 of ${OLLAMA_ARCHIVE} of Ollama v${OLLAMA_VERSION}" >&2; \
+        exit 1; \
+    fi \
+    && python -c 'import sys, urllib.request; urllib.request.urlretrieve(sys.argv[1], sys.argv[2])' \
+        "https://github.com/ollama/ollama/releases/download/v${OLLAMA_VERSION}/${OLLAMA_ARCHIVE}" \
+        "${OLLAMA_ARCHIVE}" \
+    && echo "${OLLAMA_SHA256}  ${OLLAMA_ARCHIVE}" | sha256sum --check --strict - \
+    && mkdir -p /opt/ollama \
+    && tar -xf "${OLLAMA_ARCHIVE}" -C /opt/ollama \
+    && rm "${OLLAMA_ARCHIVE}" \
+    && if [[ "${OLLAMA_GPU}" != "true" ]]; then \
+        find /opt/ollama/lib/ollama -mindepth 1 -maxdepth 1 -type d \
+            \( -name 'cuda_*' -o -name 'rocm*' -o -name 'vulkan*' \) -exec rm -rf {} +; \
+    fi \
+    && test -x /opt/ollama/bin/ollama
+
+# ---- Python requirements, exported from uv.lock (exact versions and hashes) ---------------------
+FROM ${BUILD_IMAGE} AS requirements
+WORKDIR /src
+RUN python -m pip install --no-cache-dir --disable-pip-version-check uv==0.13.9
+COPY pyproject.toml uv.lock ./
+RUN uv export --frozen --no-dev --no-emit-project --format requirements-txt \
+        --output-file /requirements.txt
+
+# ---- The image ----------------------------------------------------------------------------------
+FROM ${BASE_IMAGE}
+USER 0
+SHELL ["/bin/bash", "-o", "pipefail", "-c"]
+ENV OLLAMA_MODELS=/opt/ollama/models \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1
+# The UbiOps base images run as `deployment`; a plain Python image gets the same user.
+RUN if ! id -u deployment >/dev/null 2>&1; then \
+        useradd --create-home --shell /bin/bash deployment; \
+    fi \
+    && mkdir -p "${OLLAMA_MODELS}" /opt/app \
+    && chown -R deployment: /opt/ollama /opt/app
+COPY --from=ollama /opt/ollama/bin/ollama /usr/local/bin/ollama
+COPY --from=ollama /opt/ollama/lib/ollama /usr/local/lib/ollama
+
+# Install as `deployment`, like the UbiOps tutorials: into the Python environment the agent runs
+# deployment.py with (a user-site install on a plain Python image). `python3`, not `python`: an
+# Ubuntu base has no `python` unless a virtual environment is first on its PATH. The uid of
+# `deployment` in the UbiOps base image is not known here, so the name is used.
+# hadolint ignore=DL3066
+USER deployment
+WORKDIR /opt/app
+COPY --from=requirements --chown=deployment /requirements.txt ./
+RUN python3 -m pip install --no-cache-dir --require-hashes -r requirements.txt
+COPY --chown=deployment pyproject.toml README.md ./
+COPY --chown=deployment proxy/ proxy/
+RUN python3 -m pip install --no-cache-dir --no-deps . \
+    && python3 -P -c 'import proxy.config'
+
+ARG BAKE_CHAT_MODELS=""
+ARG BAKE_EMBEDDING_MODELS=""
+RUN if [ -n "${BAKE_CHAT_MODELS}${BAKE_EMBEDDING_MODELS}" ]; then \
+        OLLAMA_CHAT_MODELS="${BAKE_CHAT_MODELS}" \
+        OLLAMA_EMBEDDING_MODELS="${BAKE_EMBEDDING_MODELS}" \
+        PRELOAD_MODELS=false \
+        python3 -m proxy pull; \
+    fi
+
+EXPOSE 11434
+HEALTHCHECK --interval=30s --timeout=10s --start-period=10m --retries=3 \
+    CMD ["python3", "-m", "proxy", "check"]

@@ -1,0 +1,244 @@
+"""The command line of ``python -m proxy.deploy`` (and ``scripts/deploy.sh``).
+
+Exit status: 0 when the project is in the desired state, 1 with ``error: …`` on stderr when it
+could not be brought there, 2 for unusable options, 130 when interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from proxy.deploy.errors import DeployError
+from proxy.deploy.plan import DEFAULT_API_HOST, PROXY_API_KEY, PROXY_PORT, Options, Plan, make_plan
+from proxy.deploy.token import TOKEN_VARIABLE, read_token
+
+__all__ = ["main"]
+
+_DEFAULTS = Options(project="")
+_EPILOG = """\
+what goes where:
+  The environment image (Dockerfile) holds Ollama and the proxy package, installed from uv.lock.
+  The deployment package zip holds only deployment_package/ (at the zip's root); its
+  deployment.py imports the proxy from the image.
+
+idempotency:
+  The image is uploaded to the environment tag img-<image id>, so a built image is not uploaded
+  again. The zip is reproducible; its sha256 is kept in the version label
+  deployment-package-sha256 after a successful build, so an unchanged package is skipped. All
+  other objects are compared field by field; a run that changes nothing says "up to date".
+
+direct access:
+  --port-forward and --service make the proxy listen on 0.0.0.0; it then requires PROXY_API_KEY,
+  which is generated once, stored as a secret environment variable and shown only with
+  --show-api-key when it is generated (or replaced with --rotate-api-key).
+"""
+
+
+class _Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Option defaults in the help (when there is one), and the epilog's line breaks kept."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.default in (None, False):
+            return action.help
+        return super()._get_help_string(action)
+
+
+def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> int:
+    """Run the command with ``argv`` (default: ``sys.argv[1:]``) and ``environ``; return the
+    exit status."""
+    env = os.environ if environ is None else environ
+    options = _options(_parser(env).parse_args(argv), env)
+    try:
+        plan = make_plan(options)
+        if options.dry_run:
+            print("dry run: the UbiOps API is not called; the desired state is:")
+            print("\n".join(f"  {line}" for line in plan.describe()))
+            return 0
+        return _deploy(plan, env)
+    except DeployError as exc:
+        print(f"error: {exc.message}", file=sys.stderr)
+        for line in exc.detail:
+            print(f"  {line}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+def _deploy(plan: Plan, env: Mapping[str, str]) -> int:
+    from proxy.deploy.apply import Deployer, connect
+    from proxy.deploy.usage import usage_text
+
+    api = connect(plan.options.api_host, read_token(env))
+    try:
+        outcome = Deployer(plan, api).run()
+    finally:
+        api.api_client.close()
+    if outcome.changed:
+        print(f"done: {len(outcome.changes)} change(s) applied")
+    else:
+        print("up to date: nothing to change")
+    if outcome.api_key is not None:
+        if plan.options.show_api_key:
+            print(f"{PROXY_API_KEY}={outcome.api_key}  (shown once; stored as a secret)")
+        else:
+            print(
+                f"generated a new {PROXY_API_KEY} and stored it as a secret; it is not shown "
+                "(pass --rotate-api-key --show-api-key to set one you can see)"
+            )
+    elif plan.options.show_api_key:
+        print(
+            f"{PROXY_API_KEY} is already stored as a secret and UbiOps does not return secret "
+            "values; pass --rotate-api-key --show-api-key to replace it with one you can see"
+        )
+    print(usage_text(plan, service_url=outcome.service_url))
+    return 0
+
+
+def _parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
+    d = _DEFAULTS
+    parser = argparse.ArgumentParser(
+        prog="deploy.sh",
+        description=(
+            "Create or update the UbiOps environment, deployment, version, environment variables, "
+            "deployment package (and optionally a service) that serve Ollama models "
+            "OpenAI-compatibly. Idempotent: a second run with the same options changes nothing. "
+            f"Reads the API token from {TOKEN_VARIABLE} (with or without the 'Token ' prefix)."
+        ),
+        epilog=_EPILOG,
+        formatter_class=_Formatter,
+    )
+    where = parser.add_argument_group("where")
+    where.add_argument("--project", default=env.get("UBIOPS_PROJECT", ""), help="UbiOps project")
+    where.add_argument(
+        "--api-host",
+        default=env.get("UBIOPS_API_HOST", DEFAULT_API_HOST),
+        help="UbiOps API URL (env UBIOPS_API_HOST)",
+    )
+    where.add_argument("--deployment", default=d.deployment)
+    where.add_argument("--version", default=d.version, help="deployment version name")
+    where.add_argument("--environment", default=d.environment, help="custom environment name")
+
+    size = parser.add_argument_group("instances")
+    size.add_argument(
+        "--instance-type",
+        default=d.instance_type,
+        help="instance type group; custom images need a '(Dedicated)' one",
+    )
+    size.add_argument(
+        "--instance-processes", type=int, default=d.instance_processes, help="requests at once"
+    )
+    size.add_argument("--min-instances", type=int, default=d.min_instances)
+    size.add_argument("--max-instances", type=int, default=d.max_instances)
+    size.add_argument(
+        "--max-idle-time", type=int, default=d.max_idle_time, help="seconds before scale-down"
+    )
+
+    models = parser.add_argument_group("models")
+    models.add_argument("--chat-models", default=d.chat_models, help="comma-separated")
+    models.add_argument("--embedding-models", default=d.embedding_models, help="comma-separated")
+    models.add_argument("--aliases", default=d.aliases, help="alias=model;alias2=model2")
+
+    image = parser.add_argument_group("environment image (default: keep the current one)")
+    source = image.add_mutually_exclusive_group()
+    source.add_argument("--image", type=Path, help="`docker save` archive to upload")
+    source.add_argument(
+        "--build", action="store_true", help="build the image with docker build + docker save"
+    )
+    image.add_argument(
+        "--base-image",
+        default=env.get("UBIOPS_BASE_IMAGE"),
+        help="with --build: the UbiOps base image with the request agent (env UBIOPS_BASE_IMAGE)",
+    )
+    image.add_argument(
+        "--image-output",
+        type=Path,
+        default=_project_root() / "build" / "ollama-ubiops.tar",
+        help="with --build: where `docker save` writes the archive",
+    )
+    image.add_argument(
+        "--bake-models",
+        action="store_true",
+        help="with --build: pull the configured models into the image",
+    )
+
+    access = parser.add_argument_group("direct access (the proxy then requires PROXY_API_KEY)")
+    access.add_argument(
+        "--port-forward",
+        type=int,
+        nargs="?",
+        const=PROXY_PORT,
+        metavar="PUBLIC_PORT",
+        help=f"open PUBLIC_PORT (default {PROXY_PORT}) on the instance to the proxy",
+    )
+    access.add_argument(
+        "--service",
+        nargs="?",
+        const="",
+        metavar="NAME",
+        help="create a UbiOps Service (HTTPS, token auth) on the proxy port; "
+        "NAME defaults to <deployment>-<version>",
+    )
+    access.add_argument(
+        "--show-api-key", action="store_true", help=f"print a newly generated {PROXY_API_KEY}"
+    )
+    access.add_argument(
+        "--rotate-api-key", action="store_true", help=f"replace the stored {PROXY_API_KEY}"
+    )
+
+    run = parser.add_argument_group("run")
+    run.add_argument("--dry-run", action="store_true", help="print the plan; call nothing")
+    run.add_argument("--package-dir", type=Path, default=_default_package_dir())
+    run.add_argument(
+        "--timeout", type=int, default=d.timeout, help="seconds to wait for each build"
+    )
+    return parser
+
+
+def _options(ns: argparse.Namespace, env: Mapping[str, str]) -> Options:
+    root = _project_root()
+    service: str | None = ns.service
+    if service == "":
+        service = f"{ns.deployment}-{ns.version}"
+    return Options(
+        project=ns.project,
+        deployment=ns.deployment,
+        version=ns.version,
+        environment=ns.environment,
+        instance_type=ns.instance_type,
+        instance_processes=ns.instance_processes,
+        min_instances=ns.min_instances,
+        max_instances=ns.max_instances,
+        max_idle_time=ns.max_idle_time,
+        chat_models=ns.chat_models,
+        embedding_models=ns.embedding_models,
+        aliases=ns.aliases,
+        image=ns.image,
+        build=ns.build,
+        base_image=ns.base_image,
+        bake_models=ns.bake_models,
+        port_forward=ns.port_forward,
+        service=service,
+        show_api_key=ns.show_api_key,
+        rotate_api_key=ns.rotate_api_key,
+        dry_run=ns.dry_run,
+        api_host=ns.api_host.rstrip("/"),
+        package_dir=ns.package_dir,
+        context=root,
+        image_output=ns.image_output,
+        timeout=ns.timeout,
+    )
+
+
+def _project_root() -> Path:
+    """The checkout holding the Dockerfile (when run from one), else the working directory."""
+    root = Path(__file__).resolve().parents[2]
+    return root if (root / "Dockerfile").is_file() else Path.cwd()
+
+
+def _default_package_dir() -> Path:
+    return _project_root() / "deployment_package"
