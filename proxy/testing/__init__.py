@@ -1,0 +1,1 @@
+"""Testing utilities shipped with the package: a faithful Ollama simulator and network helpers."""
