@@ -88,8 +88,12 @@ def configure_logging(
 
 
 def get_logger(name: str) -> structlog.typing.FilteringBoundLogger:
-    """A structlog logger carrying ``logger=name``."""
-    logger: structlog.typing.FilteringBoundLogger = structlog.get_logger().bind(logger=name)
+    """A lazy structlog logger carrying ``module=name``.
+
+    Lazy, so a module-level logger follows :func:`configure_logging` even when it is called
+    later. (``logger`` would be the natural key, but structlog reserves that argument name.)
+    """
+    logger: structlog.typing.FilteringBoundLogger = structlog.get_logger(module=name)
     return logger
 
 

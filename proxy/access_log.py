@@ -1,0 +1,75 @@
+"""One structured access-log event per request, built from a per-request :class:`Exchange`."""
+
+from __future__ import annotations
+
+import time
+
+from proxy.logs import get_logger
+
+__all__ = ["Exchange", "log_exchange"]
+
+_log = get_logger("proxy.access")
+_QUIET_ROUTES = frozenset({"/healthz", "/readyz", "/metrics"})
+
+
+class Exchange:
+    """What the proxy learns about one request while serving it.
+
+    The request middleware creates it; handlers fill in the model; the relay fills in the chunk
+    counts and the time of the first chunk. Plain attributes, no per-chunk work beyond counting.
+    """
+
+    __slots__ = (
+        "bytes",
+        "chunks",
+        "error",
+        "first_chunk_at",
+        "model",
+        "request_id",
+        "requested_model",
+        "route",
+        "started",
+        "status",
+    )
+
+    def __init__(self, request_id: str, route: str) -> None:
+        self.request_id = request_id
+        self.route = route
+        self.started = time.perf_counter()
+        self.model = ""
+        self.requested_model: str | None = None
+        self.status = 0
+        self.first_chunk_at: float | None = None
+        self.chunks = 0
+        self.bytes = 0
+        self.error: str | None = None
+
+    @property
+    def first_chunk_seconds(self) -> float | None:
+        """Seconds from the request to its first streamed chunk (streams only)."""
+        return None if self.first_chunk_at is None else self.first_chunk_at - self.started
+
+
+def log_exchange(exchange: Exchange, method: str, path: str, seconds: float) -> None:
+    """Emit the access-log event of a finished request (probes at debug level)."""
+    ttfc = exchange.first_chunk_seconds
+    fields: dict[str, object] = {
+        "method": method,
+        "path": path,
+        "route": exchange.route,
+        "status": exchange.status,
+        "latency_ms": round(seconds * 1000, 3),
+    }
+    if exchange.model or exchange.requested_model:
+        fields["model"] = exchange.model or None
+        fields["requested_model"] = exchange.requested_model
+    if ttfc is not None:
+        fields["ttfc_ms"] = round(ttfc * 1000, 3)
+        fields["chunks"] = exchange.chunks
+        fields["bytes"] = exchange.bytes
+    if exchange.error is not None:
+        fields["error"] = exchange.error
+    if exchange.route in _QUIET_ROUTES and exchange.status < 400:
+        _log.debug("request", **fields)
+    else:
+        _log.info("request", **fields)

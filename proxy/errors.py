@@ -1,0 +1,234 @@
+"""Typed errors of the proxy and their wire shapes, in one place.
+
+Handlers and helpers raise a :class:`ProxyError` subclass; the request middleware turns it into a
+response in the shape of the API the client speaks (:func:`api_of`):
+
+* OpenAI (``/v1/...``): ``{"error": {"message", "type", "param", "code"}}``;
+* Ollama (``/api/...``, ``/``) and everything else: ``{"error": "..."}``.
+
+Errors that happen after a stream has started cannot change the status any more; they are
+written in the stream's own framing by :func:`stream_error_frame` (an SSE ``data:`` event or an
+NDJSON line).
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+from collections.abc import Mapping
+from typing import Any
+
+from aiohttp import web
+
+__all__ = [
+    "Api",
+    "AuthenticationError",
+    "BadRequestError",
+    "Framing",
+    "HTTPStatusError",
+    "InternalError",
+    "ModelNotFoundError",
+    "ModelUnavailableError",
+    "PayloadTooLargeError",
+    "PermissionDeniedError",
+    "ProxyError",
+    "QueueFullError",
+    "UpstreamTimeoutError",
+    "UpstreamUnavailableError",
+    "WrongModelKindError",
+    "api_of",
+    "error_body",
+    "error_response",
+    "stream_error_frame",
+]
+
+_JSON = "application/json"
+
+
+class Api(enum.Enum):
+    """Which API's error shape a route uses."""
+
+    OPENAI = "openai"
+    OLLAMA = "ollama"
+
+
+class Framing(enum.Enum):
+    """How a streamed response body is framed."""
+
+    SSE = "sse"
+    NDJSON = "ndjson"
+
+
+def api_of(path: str) -> Api:
+    """The API a request path belongs to: ``/v1`` is OpenAI, everything else Ollama/plain JSON."""
+    return Api.OPENAI if path.startswith("/v1/") or path == "/v1" else Api.OLLAMA
+
+
+class ProxyError(Exception):
+    """Base of every error the proxy answers with; subclasses only set class attributes.
+
+    Args:
+        message: the human-readable text, sent to the client as is.
+        param: the offending request field (OpenAI ``param``), if any.
+        retry_after: seconds for a ``Retry-After`` header, if the client should retry.
+    """
+
+    status: int = 500
+    openai_type: str = "api_error"
+    code: str | None = None
+
+    def __init__(
+        self, message: str, *, param: str | None = None, retry_after: int | None = None
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        self.retry_after = retry_after
+
+    def headers(self) -> dict[str, str]:
+        """Extra response headers (``Retry-After``, ``WWW-Authenticate``)."""
+        return {"Retry-After": str(self.retry_after)} if self.retry_after is not None else {}
+
+
+class BadRequestError(ProxyError):
+    """The request body is unusable: invalid JSON, a missing or mistyped field."""
+
+    status = 400
+    openai_type = "invalid_request_error"
+
+
+class WrongModelKindError(BadRequestError):
+    """A chat model on an embeddings route, or an embedding model on a generation route."""
+
+    code = "model_not_supported"
+
+
+class AuthenticationError(ProxyError):
+    """No API key, or the wrong one."""
+
+    status = 401
+    openai_type = "invalid_request_error"
+    code = "invalid_api_key"
+
+    def headers(self) -> dict[str, str]:
+        return {"WWW-Authenticate": "Bearer"}
+
+
+class PermissionDeniedError(ProxyError):
+    """A management route without the admin key."""
+
+    status = 403
+    openai_type = "permission_error"
+    code = "forbidden"
+
+
+class ModelNotFoundError(ProxyError):
+    """The requested model is not served here; the message lists the available ones."""
+
+    status = 404
+    openai_type = "invalid_request_error"
+    code = "model_not_found"
+
+
+class PayloadTooLargeError(ProxyError):
+    """The request body exceeds ``PROXY_MAX_BODY``."""
+
+    status = 413
+    openai_type = "invalid_request_error"
+    code = "request_too_large"
+
+
+class QueueFullError(ProxyError):
+    """Every forwarding slot is busy and the wait queue is full."""
+
+    status = 429
+    openai_type = "rate_limit_error"
+    code = "rate_limit_exceeded"
+
+
+class InternalError(ProxyError):
+    """A bug in the proxy (the details are logged, not sent)."""
+
+    status = 500
+    code = "internal_error"
+
+
+class ModelUnavailableError(ProxyError):
+    """The model is configured but not servable now (pull failed, Ollama restarting)."""
+
+    status = 503
+    code = "model_unavailable"
+
+
+class UpstreamUnavailableError(ProxyError):
+    """Ollama could not be reached or dropped the connection before answering."""
+
+    status = 503
+    code = "upstream_unavailable"
+
+
+class UpstreamTimeoutError(ProxyError):
+    """Ollama did not answer (or send the next chunk) within ``PROXY_REQUEST_TIMEOUT``."""
+
+    status = 504
+    code = "upstream_timeout"
+
+
+class HTTPStatusError(ProxyError):
+    """An error aiohttp raised itself (unknown route, wrong method), keeping its status."""
+
+    def __init__(self, status: int, message: str, headers: Mapping[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.openai_type = _openai_type_for(status)
+        self._headers = dict(headers or {})
+
+    def headers(self) -> dict[str, str]:
+        return self._headers
+
+
+def _openai_type_for(status: int) -> str:
+    if status == 404:
+        return "not_found_error"
+    if 400 <= status < 500:
+        return "invalid_request_error"
+    return "api_error"
+
+
+def error_body(
+    api: Api,
+    message: str,
+    *,
+    openai_type: str = "api_error",
+    param: str | None = None,
+    code: str | None = None,
+) -> dict[str, Any]:
+    """The JSON error document of ``api``."""
+    if api is Api.OPENAI:
+        return {"error": {"message": message, "type": openai_type, "param": param, "code": code}}
+    return {"error": message}
+
+
+def error_response(error: ProxyError, api: Api) -> web.Response:
+    """The complete HTTP response for ``error`` in ``api``'s shape."""
+    body = error_body(
+        api, error.message, openai_type=error.openai_type, param=error.param, code=error.code
+    )
+    return web.Response(
+        body=json.dumps(body).encode(),
+        status=error.status,
+        headers={"Content-Type": _JSON, **error.headers()},
+    )
+
+
+def stream_error_frame(framing: Framing, message: str, *, code: str = "upstream_error") -> bytes:
+    """An error in the framing of a stream that has already started.
+
+    SSE gets a ``data:`` event whose JSON has an ``error`` object (the openai client raises
+    ``APIError`` on it); NDJSON gets an ``{"error": ...}`` line (the ollama client raises
+    ``ResponseError``).
+    """
+    if framing is Framing.SSE:
+        body = error_body(Api.OPENAI, message, openai_type="api_error", code=code)
+        return b"data: " + json.dumps(body).encode() + b"\n\n"
+    return json.dumps({"error": message}).encode() + b"\n"

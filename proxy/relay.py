@@ -1,0 +1,253 @@
+"""Relay an Ollama response to the client: whole, or streamed chunk by chunk (SSE and NDJSON).
+
+Streams are relayed as bytes: each chunk read from Ollama is written to the client as it comes
+(``StreamResponse.write`` drains, so a slow client slows the reads: backpressure), never parsed
+or re-serialised. Per chunk the relay does one read, one write and three counter updates.
+
+Failure handling:
+
+* Before the first chunk nothing is committed, so a timeout or a dropped connection becomes a
+  proper 504/503 response.
+* After it, the status is sent; an upstream failure (connection reset, cut, Ollama dying, no data
+  for ``PROXY_REQUEST_TIMEOUT``) is written in the stream's own framing (an SSE ``data:`` event
+  with an ``error`` object and no ``[DONE]``; an NDJSON ``{"error": ...}`` line) and the
+  response ends cleanly, so clients raise instead of mistaking the truncation for success.
+* A stream that ends cleanly but incomplete (SSE without ``data: [DONE]``, NDJSON whose last line
+  is neither ``"done": true`` nor an in-band ``{"error"}``) is a failure too. Only the tail of the
+  last two chunks is examined, once, at the end.
+* A client that goes away (the handler task is cancelled: the app sets
+  ``handler_cancellation``; or a write fails) closes the upstream response at once, which closes
+  its connection, so Ollama stops generating.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+
+import aiohttp
+from aiohttp import web
+
+from proxy.access_log import Exchange
+from proxy.errors import Framing, UpstreamUnavailableError, stream_error_frame
+from proxy.logs import get_logger
+from proxy.upstream import timeout_error
+
+__all__ = ["relay"]
+
+log = get_logger("proxy.relay")
+
+_SSE = "text/event-stream"
+_NDJSON = "application/x-ndjson"
+_SSE_DONE = b"data: [DONE]"
+_TAIL = 64
+
+
+async def relay(
+    request: web.Request,
+    upstream: aiohttp.ClientResponse,
+    exchange: Exchange,
+    *,
+    client_timeout: aiohttp.ClientTimeout,
+    check_end: bool = True,
+) -> web.StreamResponse:
+    """Relay ``upstream`` (headers read) to the client; always releases or closes ``upstream``.
+
+    SSE and NDJSON bodies are streamed; anything else is read whole and answered with its status
+    and content type. ``check_end`` enables the truncation check for streams (model routes: on;
+    pulls, whose NDJSON has no ``done`` line: off).
+
+    Raises:
+        UpstreamTimeoutError: Ollama went silent before the first chunk or the whole body.
+        UpstreamUnavailableError: Ollama dropped the connection before the first chunk or body.
+    """
+    content_type = upstream.headers.get("Content-Type", "application/octet-stream")
+    if content_type.startswith(_SSE):
+        framing = Framing.SSE
+    elif content_type.startswith(_NDJSON):
+        framing = Framing.NDJSON
+    else:
+        return await _relay_whole(upstream, content_type, exchange, client_timeout)
+    return await _relay_stream(
+        request,
+        upstream,
+        content_type,
+        exchange,
+        framing,
+        client_timeout=client_timeout,
+        check_end=check_end,
+    )
+
+
+async def _relay_whole(
+    upstream: aiohttp.ClientResponse,
+    content_type: str,
+    exchange: Exchange,
+    client_timeout: aiohttp.ClientTimeout,
+) -> web.Response:
+    try:
+        body = await upstream.read()
+    except TimeoutError as exc:
+        upstream.close()
+        raise timeout_error(client_timeout) from exc
+    except aiohttp.ClientError as exc:
+        upstream.close()
+        raise _dropped(exc) from exc
+    except BaseException:
+        upstream.close()
+        raise
+    upstream.release()
+    exchange.bytes = len(body)
+    return web.Response(body=body, status=upstream.status, headers={"Content-Type": content_type})
+
+
+async def _relay_stream(
+    request: web.Request,
+    upstream: aiohttp.ClientResponse,
+    content_type: str,
+    exchange: Exchange,
+    framing: Framing,
+    *,
+    client_timeout: aiohttp.ClientTimeout,
+    check_end: bool,
+) -> web.StreamResponse:
+    readany = upstream.content.readany
+    # The first chunk: until it arrives nothing is committed, so failures get a real status.
+    try:
+        chunk = await readany()
+    except TimeoutError as exc:
+        upstream.close()
+        raise timeout_error(client_timeout) from exc
+    except aiohttp.ClientError as exc:
+        upstream.close()
+        raise _dropped(exc) from exc
+    except BaseException:
+        upstream.close()
+        raise
+
+    response = web.StreamResponse(
+        status=upstream.status,
+        headers={
+            "Content-Type": content_type,
+            "Cache-Control": "no-cache",
+            "X-Accel-Buffering": "no",
+            "X-Request-ID": exchange.request_id,
+        },
+    )
+    failure: str | None = None
+    prev = last = b""
+    chunks = size = 0
+    try:
+        await response.prepare(request)
+        write = response.write
+        exchange.first_chunk_at = time.perf_counter()
+        while chunk:
+            await write(chunk)
+            chunks += 1
+            size += len(chunk)
+            prev = last
+            last = chunk
+            try:
+                chunk = await readany()
+            except TimeoutError:
+                failure = (
+                    f"Ollama sent nothing for {client_timeout.sock_read:g} s; the stream is cut"
+                )
+                break
+            except aiohttp.ClientError as exc:
+                failure = f"the connection to Ollama failed mid-stream: {_describe(exc)}"
+                break
+        if failure is None and check_end:
+            failure = _incomplete_end(framing, prev, last)
+        if failure is None:
+            upstream.release()
+        else:
+            upstream.close()
+            exchange.error = failure
+            log.warning("upstream stream failed", error=failure, chunks=chunks)
+            await write(_terminate(framing, prev, last) + stream_error_frame(framing, failure))
+        await response.write_eof()
+    except ConnectionError:
+        # The client went away (a write to a closing transport); stop Ollama by closing.
+        upstream.close()
+        exchange.error = "client disconnected"
+        exchange.status = 499
+        log.info("client disconnected mid-stream", chunks=chunks)
+    except BaseException:
+        upstream.close()  # cancelled (client gone) or a bug: drop the upstream connection now
+        exchange.chunks, exchange.bytes = chunks, size
+        raise
+    exchange.chunks, exchange.bytes = chunks, size
+    return response
+
+
+def _incomplete_end(framing: Framing, prev: bytes, last: bytes) -> str | None:
+    """Why a cleanly ended stream is incomplete, or None when its end is a proper one."""
+    if framing is Framing.SSE:
+        tail = last[-_TAIL:] if len(last) >= _TAIL else (prev + last)[-_TAIL:]
+        if _SSE_DONE in tail:
+            return None
+        line = _last_line(prev, last)
+        message = _upstream_error(line.removeprefix(b"data:").strip()) if line else None
+        return message or "the stream from Ollama ended before its [DONE] event"
+    line = _last_line(prev, last)
+    if line is None:
+        return "the stream from Ollama ended without any data"
+    try:
+        obj = json.loads(line)
+    except ValueError:
+        # A last line longer than the two chunks kept cannot be checked cheaply: accept one that
+        # ends like a complete JSON object (real cuts raise a payload error before this point).
+        if not line.startswith(b"{") and line.endswith(b"}"):
+            return None
+        return "the stream from Ollama ended in the middle of a line"
+    if isinstance(obj, dict) and (obj.get("done") is True or "error" in obj):
+        return None
+    return "the stream from Ollama ended before its final (done) message"
+
+
+def _last_line(prev: bytes, last: bytes) -> bytes | None:
+    """The last non-empty line of the stream, looking at most at its last two chunks."""
+    data = last.rstrip(b"\r\n")
+    cut = data.rfind(b"\n")
+    if cut < 0 and prev:
+        data = (prev + last).rstrip(b"\r\n")
+        cut = data.rfind(b"\n")
+    line = data[cut + 1 :].strip()
+    return line or None
+
+
+def _upstream_error(data: bytes | None) -> str | None:
+    """The message of an ``{"error": ...}`` document Ollama wrote in-band, if ``data`` is one."""
+    if not data or not data.startswith(b"{"):
+        return None
+    try:
+        obj = json.loads(data)
+    except ValueError:
+        return None
+    error = obj.get("error") if isinstance(obj, dict) else None
+    if isinstance(error, dict):
+        error = error.get("message")
+    return f"Ollama reported an error: {error}" if isinstance(error, str) and error else None
+
+
+def _terminate(framing: Framing, prev: bytes, last: bytes) -> bytes:
+    """Bytes that end a partly written line or event, so the error frame stands on its own."""
+    if framing is Framing.NDJSON:
+        return b"" if not last or last.endswith(b"\n") else b"\n"
+    tail = (prev + last)[-2:] if len(last) < 2 else last[-2:]
+    if not tail or tail == b"\n\n":
+        return b""
+    return b"\n" if tail.endswith(b"\n") else b"\n\n"
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, aiohttp.ClientPayloadError):
+        return "the response ended before it was complete"
+    return str(exc) or type(exc).__name__
+
+
+def _dropped(exc: BaseException) -> UpstreamUnavailableError:
+    return UpstreamUnavailableError(
+        f"the Ollama server dropped the connection: {_describe(exc)}", retry_after=2
+    )

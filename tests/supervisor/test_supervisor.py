@@ -1,0 +1,233 @@
+"""The supervisor in-process, with the simulator as a real ``ollama serve`` child."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import time
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+import tenacity
+from structlog.testing import capture_logs
+
+from proxy.catalog import Catalog
+from proxy.config import Settings
+from proxy.state import InstanceState, ModelStatus, OllamaStatus, Phase
+from proxy.supervisor import Backoff, OllamaFatalError, Supervisor
+from proxy.testing.net import free_port
+
+from .helpers import EXIT_TIMEOUT, READY_TIMEOUT, SIM_BIN, alive, pull_log
+
+pytestmark = pytest.mark.slow
+
+FAST = Backoff(initial=0.01, maximum=0.05)
+NOTICE_CAP = 0.1
+"""Readiness must be noticed within the poll cap..."""
+NOTICE_SLACK = 0.1
+"""...plus this much for a loaded machine (seconds)."""
+SLOW_START = 1.0
+"""SIM_START_DELAY for the slow-start test (seconds)."""
+
+MakeSupervisor = Callable[..., tuple[Supervisor, InstanceState, Path]]
+
+
+@pytest.fixture
+def sim_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Point the simulator (spawned with our environment) at fresh directories."""
+    for name in list(os.environ):
+        if name.startswith(("SIM_", "OLLAMA_")):
+            monkeypatch.delenv(name)
+    state_dir = tmp_path / "sim-state"
+    state_dir.mkdir()
+    monkeypatch.setenv("OLLAMA_MODELS", str(tmp_path / "models"))
+    monkeypatch.setenv("SIM_STATE_DIR", str(state_dir))
+    monkeypatch.setenv("SIM_PULL_DELAY", "0.001")
+    monkeypatch.setenv("SIM_PULL_STEPS", "3")
+    return state_dir
+
+
+@pytest.fixture
+async def make_supervisor(sim_env: Path) -> AsyncIterator[MakeSupervisor]:
+    made: list[Supervisor] = []
+
+    def make(
+        chat: str = "smollm2:135m", embedding: str = "all-minilm", **overrides: Any
+    ) -> tuple[Supervisor, InstanceState, Path]:
+        values: dict[str, Any] = {
+            "ollama_bin": str(SIM_BIN),
+            "catalog": Catalog.parse(chat, embedding),
+            "ollama_internal_port": free_port(),
+            "pull_retries": 3,
+            "ollama_start_attempts": 3,
+            "ollama_start_timeout": READY_TIMEOUT,
+        }
+        values.update(overrides)
+        settings = Settings(**values)
+        state = InstanceState(settings.catalog, preload=settings.preload_models)
+        supervisor = Supervisor(
+            settings,
+            state,
+            start_backoff=FAST,
+            restart_backoff=FAST,
+            pull_wait=tenacity.wait_none(),
+        )
+        made.append(supervisor)
+        return supervisor, state, sim_env
+
+    yield make
+    for supervisor in made:
+        await supervisor.stop()
+        process = supervisor.process
+        assert process is None or process.pid is None or not alive(process.pid)
+
+
+async def wait_state(state: InstanceState, predicate: Callable[[InstanceState], bool]) -> None:
+    try:
+        await asyncio.wait_for(state.wait_for(predicate), READY_TIMEOUT)
+    except TimeoutError:
+        pytest.fail(f"state never matched; last: {state.snapshot()}")
+
+
+async def test_slow_start_is_noticed_promptly(
+    make_supervisor: MakeSupervisor, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("SIM_START_DELAY", str(SLOW_START))
+    supervisor, state, _ = make_supervisor()
+    version_url = f"{supervisor.settings.ollama_url}/api/version"
+    up_at: list[float] = []
+    state.add_listener(
+        lambda _old, _new: (
+            up_at.append(time.monotonic())
+            if state.ollama_status is OllamaStatus.UP and not up_at
+            else None
+        )
+    )
+    answered_at: list[float] = []
+
+    async def watch(session: aiohttp.ClientSession) -> None:  # an independent, tight poller
+        while not answered_at:
+            try:
+                async with session.get(version_url) as r:
+                    if r.status == 200:
+                        answered_at.append(time.monotonic())
+            except aiohttp.ClientError:
+                await asyncio.sleep(0.002)
+
+    started = time.monotonic()
+    async with aiohttp.ClientSession() as session:
+        await supervisor.start()
+        watcher = asyncio.create_task(watch(session))
+        await wait_state(state, lambda s: s.is_ready)
+        await watcher
+    assert answered_at[0] - started >= SLOW_START
+    assert up_at[0] - answered_at[0] < NOTICE_CAP + NOTICE_SLACK
+
+
+async def test_start_failure_is_retried_a_bounded_number_of_times_then_fatal(
+    make_supervisor: MakeSupervisor, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("SIM_EXIT_AT_START", "3")
+    supervisor, state, _ = make_supervisor(ollama_start_attempts=3)
+    with capture_logs() as logs:
+        await supervisor.start()
+        await wait_state(state, lambda s: s.ollama_status is OllamaStatus.FAILED)
+    assert isinstance(supervisor.fatal, OllamaFatalError)
+    assert sum(1 for e in logs if e["event"] == "ollama started") == 3
+    reason = state.snapshot()["ollama"]["reason"]
+    assert "ollama serve exited with status 3 before it was ready" in reason
+    assert "simulated start failure" in reason  # the stderr tail
+    assert "gave up after 3 attempts" in reason
+    assert state.phase is Phase.DEGRADED
+    assert not supervisor.process or not supervisor.process.running
+
+
+@pytest.mark.parametrize("mode", ["http500", "cut", "inband"])
+async def test_two_failed_pulls_are_retried_then_succeed(
+    make_supervisor: MakeSupervisor, monkeypatch: pytest.MonkeyPatch, mode: str
+) -> None:
+    monkeypatch.setenv("SIM_PULL_FAILURES", "2")
+    monkeypatch.setenv("SIM_PULL_FAILURE_MODE", mode)
+    supervisor, state, state_dir = make_supervisor(pull_concurrency=1)
+    with capture_logs() as logs:
+        await supervisor.start()
+        await wait_state(state, lambda s: s.is_ready)
+    outcomes = [(p["outcome"], p["reason"]) for p in pull_log(state_dir)]
+    assert outcomes[:2] == [("failed", mode), ("failed", mode)]
+    assert outcomes[2:] == [("success", None), ("success", None)]
+    retries = [e for e in logs if e["event"] == "pull failed; retrying"]
+    assert [e["attempt"] for e in retries] == [1, 2]
+
+
+async def test_unknown_model_fails_fast_and_the_others_become_ready(
+    make_supervisor: MakeSupervisor,
+) -> None:
+    supervisor, state, state_dir = make_supervisor(chat="smollm2:135m,doesnotexist:1b")
+    await supervisor.start()
+    await wait_for_settled(supervisor)
+    missing = state.models["doesnotexist:1b"]
+    assert missing.status is ModelStatus.FAILED
+    assert missing.reason == "pull failed: pull model manifest: file does not exist"
+    assert [p["reason"] for p in pull_log(state_dir) if p["model"] == "doesnotexist:1b"] == [
+        "not_found"
+    ]
+    assert state.models["smollm2:135m"].status is ModelStatus.READY
+    assert state.models["all-minilm:latest"].status is ModelStatus.READY
+    assert state.phase is Phase.DEGRADED
+
+
+async def test_crash_after_ready_restarts_without_downloading_again(
+    make_supervisor: MakeSupervisor,
+) -> None:
+    supervisor, state, state_dir = make_supervisor()
+    await supervisor.start()
+    await wait_state(state, lambda s: s.is_ready)
+    pulls = pull_log(state_dir)
+    first = supervisor.process
+    assert first is not None
+    assert first.pid is not None
+    os.kill(first.pid, signal.SIGKILL)
+    await wait_state(state, lambda s: s.ollama_status is OllamaStatus.RESTARTING)
+    assert not state.is_ready
+    assert "was killed by signal SIGKILL" in state.snapshot()["ollama"]["reason"]
+    await wait_state(state, lambda s: s.is_ready)
+    assert supervisor.process is not first
+    assert state.ollama_restarts == 1
+    assert pull_log(state_dir) == pulls  # present models were not pulled again
+
+
+async def test_stop_during_a_pull_is_prompt_and_leaves_no_child(
+    make_supervisor: MakeSupervisor, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("SIM_PULL_DELAY", "0.5")
+    supervisor, state, _ = make_supervisor()
+    await supervisor.start()
+    await wait_state(state, lambda s: ModelStatus.PULLING in {m.status for m in s.models.values()})
+    process = supervisor.process
+    assert process is not None
+    assert process.pid is not None
+    started = time.monotonic()
+    await asyncio.wait_for(supervisor.stop(), EXIT_TIMEOUT)
+    assert time.monotonic() - started < EXIT_TIMEOUT / 3
+    assert not alive(process.pid)
+    assert state.ollama_status is OllamaStatus.STOPPED
+    await supervisor.stop()  # idempotent
+
+
+async def test_no_warm_up_settles_on_present(make_supervisor: MakeSupervisor) -> None:
+    supervisor, state, _ = make_supervisor(preload_models=False)
+    await supervisor.start()
+    await wait_for_settled(supervisor)
+    assert {m.status for m in state.models.values()} == {ModelStatus.PRESENT}
+    assert state.is_ready
+
+
+async def wait_for_settled(supervisor: Supervisor) -> None:
+    try:
+        await asyncio.wait_for(supervisor.wait_settled(), READY_TIMEOUT)
+    except TimeoutError:
+        pytest.fail("the supervisor never settled")
