@@ -57,6 +57,11 @@ _READY_POLL_MAX = 1.0
 _READY_PROGRESS_EVERY = 10.0
 _READY_PROBE_TIMEOUT = 5.0
 _CONNECT_TIMEOUT = 10.0
+_REDACTED = "[redacted]"
+_TOO_DEEP = (
+    "The request is nested too deeply to be an OpenAI request body (JSON nested hundreds of "
+    "levels deep)."
+)
 
 
 class PublicError(Exception):
@@ -113,23 +118,33 @@ def prepare(data: object, catalog: Catalog) -> Prepared:
     already-parsed dict.
 
     Raises:
-        InvalidRequestError: not JSON, not an object, no model, unknown model, no or several
-            input fields, or a model of the wrong kind for the input field.
+        InvalidRequestError: not JSON (or nested too deeply to parse, or not UTF-8), not an
+            object, no model, unknown model, no or several input fields, or a model of the
+            wrong kind for the input field.
     """
     payload: object
     if isinstance(data, str | bytes | bytearray):
         try:
             payload = json.loads(data)
+            body = data.encode() if isinstance(data, str) else bytes(data)
+        except RecursionError:
+            raise InvalidRequestError(_TOO_DEEP) from None
+        except UnicodeEncodeError:
+            raise InvalidRequestError(
+                "The request text is not valid UTF-8: it holds an unpaired surrogate character. "
+                "Send the body as UTF-8 JSON."
+            ) from None
         except ValueError as exc:
             raise InvalidRequestError(
                 f"The request is not valid JSON ({exc}). Send an OpenAI request body, e.g. "
                 '{"model": "<model>", "messages": [{"role": "user", "content": "Hi"}]}.'
             ) from None
-        body = data.encode() if isinstance(data, str) else bytes(data)
     elif isinstance(data, Mapping):
         payload = data
         try:
             body = json.dumps(data).encode()
+        except RecursionError:
+            raise InvalidRequestError(_TOO_DEEP) from None
         except (TypeError, ValueError) as exc:
             raise InvalidRequestError(f"The request cannot be sent as JSON: {exc}.") from None
     else:
@@ -150,10 +165,10 @@ def prepare(data: object, catalog: Catalog) -> Prepared:
         )
     try:
         model = catalog.resolve(model_name)
-    except UnknownModelError as exc:
+    except UnknownModelError:
         raise InvalidRequestError(
             f"Model {model_name!r} is not served by this deployment. Available models: {available}."
-        ) from exc
+        ) from None  # the catalog error repeats the name, which may hold anything
     present = [route for route in Route if route.field in payload]
     if not present:
         raise InvalidRequestError(
@@ -256,10 +271,24 @@ class ProxyClient:
 
         Raises:
             PublicError: the request is invalid, the proxy is unavailable, or it answered with an
-                error (also in the middle of a stream).
+                error (also in the middle of a stream). Its message never holds a key of the
+                proxy: UbiOps logs it, and errors quote the client's input (a model name).
         """
-        prepared = prepare(data, self._settings.catalog)
-        return self._run(self._forward(prepared, streaming_update))
+        try:
+            prepared = prepare(data, self._settings.catalog)
+            return self._run(self._forward(prepared, streaming_update))
+        except PublicError as exc:
+            self._redact(exc)
+            raise
+
+    def _redact(self, exc: PublicError) -> None:
+        message = exc.public_error_message
+        for secret in (self._settings.proxy_api_key, self._settings.proxy_admin_key):
+            if secret and secret in message:
+                message = message.replace(secret, _REDACTED)
+        if message != exc.public_error_message:
+            exc.public_error_message = message
+            exc.args = (message, *exc.args[1:])
 
     def close(self) -> None:
         """Close the connection and the event loop; the client is unusable afterwards."""

@@ -36,12 +36,16 @@ class SecretRedactor:
                 event[key] = self._redact(value)
         return event
 
+    def redact_text(self, text: str) -> str:
+        """``text`` with every secret replaced by ``[redacted]``."""
+        for secret in self._secrets:
+            if secret in text:
+                text = text.replace(secret, REDACTED)
+        return text
+
     def _redact(self, value: Any) -> Any:
         if isinstance(value, str):
-            for secret in self._secrets:
-                if secret in value:
-                    value = value.replace(secret, REDACTED)
-            return value
+            return self.redact_text(value)
         if isinstance(value, dict):
             return {k: self._redact(v) for k, v in value.items()}
         if isinstance(value, list | tuple):
@@ -83,8 +87,13 @@ def configure_logging(
         logger_factory=structlog.PrintLoggerFactory(sys.stderr),
         cache_logger_on_first_use=True,
     )
-    # Libraries that log through the stdlib (aiohttp's own errors) go to the same stream.
+    # Libraries that log through the stdlib (aiohttp's own errors) go to the same stream, masked
+    # too: aiohttp quotes the raw line of a malformed request, which may hold a bearer key.
     logging.basicConfig(stream=sys.stderr, level=max(numeric_level, logging.WARNING), force=True)
+    redacting = _RedactingFilter(SecretRedactor(secrets))
+    for handler in logging.getLogger().handlers:
+        # On the handler: a filter on a logger does not see records its children propagate.
+        handler.addFilter(redacting)
 
 
 def get_logger(name: str) -> structlog.typing.FilteringBoundLogger:
@@ -95,6 +104,25 @@ def get_logger(name: str) -> structlog.typing.FilteringBoundLogger:
     """
     logger: structlog.typing.FilteringBoundLogger = structlog.get_logger(module=name)
     return logger
+
+
+class _RedactingFilter(logging.Filter):
+    """Masks secrets in a stdlib record's message, traceback and stack."""
+
+    def __init__(self, redactor: SecretRedactor) -> None:
+        super().__init__()
+        self._redactor = redactor
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        redact = self._redactor.redact_text
+        record.msg, record.args = redact(record.getMessage()), None
+        if record.exc_info and not record.exc_text:
+            record.exc_text = logging.Formatter().formatException(record.exc_info)
+        if record.exc_text:
+            record.exc_text = redact(record.exc_text)
+        if record.stack_info:
+            record.stack_info = redact(record.stack_info)
+        return True
 
 
 class _StaticFields:

@@ -35,6 +35,7 @@ from proxy.logs import get_logger
 
 __all__ = [
     "STDERR_TAIL_LINES",
+    "WITHHELD_VARIABLES",
     "OllamaProcess",
     "build_child_env",
     "describe_returncode",
@@ -52,6 +53,9 @@ PIPE_DRAIN_TIMEOUT = 0.5
 
 KILL_WAIT_TIMEOUT = 5.0
 """After SIGKILL, how long to wait for the exit to be reported before giving up (seconds)."""
+
+WITHHELD_VARIABLES = ("PROXY_API_KEY", "PROXY_ADMIN_KEY", "UBIOPS_API_TOKEN")
+"""Secrets of the proxy and the deployment tooling that ``ollama serve`` never gets."""
 
 _PR_SET_PDEATHSIG = 1
 _STDOUT, _STDERR = 1, 2
@@ -92,10 +96,13 @@ def build_child_env(settings: Settings, environ: Mapping[str, str] | None = None
     """The environment of ``ollama serve``: ours, plus where to listen and keep-alive forever.
 
     ``OLLAMA_HOST`` is always the internal loopback address; ``OLLAMA_KEEP_ALIVE`` defaults
-    to ``-1`` (loaded models stay loaded) unless the operator set it. Every other variable,
-    ``OLLAMA_*`` included, passes through unchanged.
+    to ``-1`` (loaded models stay loaded) unless the operator set it. The secrets Ollama has no
+    use for (:data:`WITHHELD_VARIABLES`) are left out; every other variable, ``OLLAMA_*``
+    included, passes through unchanged.
     """
     env = dict(os.environ if environ is None else environ)
+    for name in WITHHELD_VARIABLES:
+        env.pop(name, None)
     host = settings.ollama_internal_host
     host = f"[{host}]" if ":" in host else host
     env["OLLAMA_HOST"] = f"{host}:{settings.ollama_internal_port}"

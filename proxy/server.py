@@ -9,7 +9,8 @@ Shutdown has one fixed order:
 3. ``state.set_stopping()``: ``/readyz`` answers 503 and new requests on kept-alive
    connections are refused;
 4. in-flight requests may finish for up to ``SHUTDOWN_GRACE`` seconds, then are cancelled
-   (``AppRunner.cleanup`` with ``shutdown_timeout``);
+   (``AppRunner.cleanup``; see :func:`drain_timeout` for how the grace maps onto aiohttp's
+   ``shutdown_timeout``);
 5. the application's cleanup runs, the supervisor's last: ``ollama serve`` is stopped (SIGTERM
    to its group, grace, SIGKILL);
 6. exit status 0.
@@ -38,10 +39,13 @@ from proxy.ollama_process import resolve_executable
 from proxy.state import InstanceState, ModelStatus
 from proxy.supervisor import Supervisor
 
-__all__ = ["EXIT_FAILURE", "EXIT_OK", "pull", "run"]
+__all__ = ["EXIT_FAILURE", "EXIT_OK", "drain_timeout", "pull", "run"]
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
+
+_MIN_DRAIN_TIMEOUT = 0.001
+"""aiohttp reads a shutdown timeout of 0 as "no timeout": the smallest real one (seconds)."""
 
 # Lazy: resolved at first use, so it follows configure_logging() and capture_logs().
 log = get_logger(__name__)
@@ -96,7 +100,7 @@ async def _serve(settings: Settings, executable: str) -> int:
         supervisor = Supervisor(settings, state, executable=executable)
         supervisor_ref.append(supervisor)
         app.cleanup_ctx.append(supervisor.cleanup_ctx)
-        runner = web.AppRunner(app, shutdown_timeout=settings.shutdown_grace)
+        runner = web.AppRunner(app, shutdown_timeout=drain_timeout(settings.shutdown_grace))
         await runner.setup()
         site = web.TCPSite(runner, host=settings.bind_host, port=settings.proxy_port)
         try:
@@ -146,13 +150,21 @@ async def _pull(settings: Settings, executable: str) -> int:
     return EXIT_OK
 
 
+def drain_timeout(grace: float) -> float:
+    """The ``AppRunner`` ``shutdown_timeout`` that gives in-flight requests ``grace`` seconds.
+
+    aiohttp (3.x) drains each connection in two phases of up to ``shutdown_timeout`` each: it
+    waits for the handler, then cancels the *request body* and waits for the handler again, and
+    only then cancels the handler task. A streaming handler does not read the body, so it runs
+    through both phases: half the grace each. A timeout of 0 would mean "wait forever" to
+    aiohttp, so zero grace becomes the smallest positive timeout.
+    """
+    return max(grace / 2, _MIN_DRAIN_TIMEOUT)
+
+
 def _configure(settings: Settings) -> None:
-    configure_logging(
-        settings.log_format,
-        settings.log_level,
-        secrets=(settings.proxy_api_key, settings.proxy_admin_key),
-        component="proxy",
-    )
+    secrets = (settings.proxy_api_key, settings.proxy_admin_key)
+    configure_logging(settings.log_format, settings.log_level, secrets=secrets, component="proxy")
 
 
 def _run_loop(main: Coroutine[Any, Any, int]) -> int:
