@@ -10,6 +10,7 @@ __all__ = ["Exchange", "log_exchange"]
 
 _log = get_logger("proxy.access")
 _QUIET_ROUTES = frozenset({"/healthz", "/readyz", "/metrics"})
+_MAX_LOGGED_NAME = 256
 
 
 class Exchange:
@@ -62,7 +63,7 @@ def log_exchange(exchange: Exchange, method: str, path: str, seconds: float) -> 
     }
     if exchange.model or exchange.requested_model:
         fields["model"] = exchange.model or None
-        fields["requested_model"] = exchange.requested_model
+        fields["requested_model"] = _clip(exchange.requested_model)
     if ttfc is not None:
         fields["ttfc_ms"] = round(ttfc * 1000, 3)
         fields["chunks"] = exchange.chunks
@@ -73,3 +74,10 @@ def log_exchange(exchange: Exchange, method: str, path: str, seconds: float) -> 
         _log.debug("request", **fields)
     else:
         _log.info("request", **fields)
+
+
+def _clip(name: str | None) -> str | None:
+    """A client-chosen name as logged: bounded, so one request cannot write a huge line."""
+    if name is None or len(name) <= _MAX_LOGGED_NAME:
+        return name
+    return f"{name[:_MAX_LOGGED_NAME]}... ({len(name)} characters)"

@@ -60,6 +60,7 @@ class Settings:
     shutdown_grace: float = 10.0
     proxy_max_body: int = 8 * 1024 * 1024
     proxy_request_timeout: float = 600.0
+    proxy_client_timeout: float = 30.0
     proxy_max_concurrency: int = 4
     proxy_max_queue: int = 64
     ready_timeout: float = 1800.0
@@ -124,6 +125,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         shutdown_grace=env.number("SHUTDOWN_GRACE", 10.0, float, minimum=0.0),
         proxy_max_body=env.number("PROXY_MAX_BODY", 8 * 1024 * 1024, int, minimum=1024),
         proxy_request_timeout=env.number("PROXY_REQUEST_TIMEOUT", 600.0, float, minimum=0.1),
+        proxy_client_timeout=env.number("PROXY_CLIENT_TIMEOUT", 30.0, float, minimum=0.1),
         proxy_max_concurrency=env.number("PROXY_MAX_CONCURRENCY", 4 * num_parallel, int, minimum=1),
         proxy_max_queue=env.number("PROXY_MAX_QUEUE", 64, int, minimum=0),
         ready_timeout=env.number("READY_TIMEOUT", 1800.0, float, minimum=0.1),

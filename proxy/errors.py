@@ -33,12 +33,14 @@ __all__ = [
     "PermissionDeniedError",
     "ProxyError",
     "QueueFullError",
+    "RequestTimeoutError",
     "UpstreamTimeoutError",
     "UpstreamUnavailableError",
     "WrongModelKindError",
     "api_of",
     "error_body",
     "error_response",
+    "send_and_close",
     "stream_error_frame",
 ]
 
@@ -76,6 +78,7 @@ class ProxyError(Exception):
     status: int = 500
     openai_type: str = "api_error"
     code: str | None = None
+    closes_connection: bool = False
 
     def __init__(
         self, message: str, *, param: str | None = None, retry_after: int | None = None
@@ -128,6 +131,15 @@ class ModelNotFoundError(ProxyError):
     status = 404
     openai_type = "invalid_request_error"
     code = "model_not_found"
+
+
+class RequestTimeoutError(ProxyError):
+    """The client did not send its whole request within ``PROXY_CLIENT_TIMEOUT``."""
+
+    status = 408
+    openai_type = "invalid_request_error"
+    code = "request_timeout"
+    closes_connection = True  # the rest of the body may still come: the connection is unusable
 
 
 class PayloadTooLargeError(ProxyError):
@@ -214,11 +226,25 @@ def error_response(error: ProxyError, api: Api) -> web.Response:
     body = error_body(
         api, error.message, openai_type=error.openai_type, param=error.param, code=error.code
     )
-    return web.Response(
+    response = web.Response(
         body=json.dumps(body).encode(),
         status=error.status,
         headers={"Content-Type": _JSON, **error.headers()},
     )
+    if error.closes_connection:
+        response.force_close()
+    return response
+
+
+async def send_and_close(request: web.Request, response: web.StreamResponse) -> None:
+    """Send ``response`` now, then drop the connection without waiting for the rest of the body.
+
+    aiohttp otherwise lingers for up to 10 s reading what a stalled client never sends.
+    """
+    await response.prepare(request)
+    await response.write_eof()
+    if request.transport is not None:
+        request.transport.close()
 
 
 def stream_error_frame(framing: Framing, message: str, *, code: str = "upstream_error") -> bytes:

@@ -32,6 +32,7 @@ from proxy.errors import (
     UpstreamUnavailableError,
     api_of,
     error_response,
+    send_and_close,
 )
 from proxy.logs import get_logger
 from proxy.metrics import Metrics
@@ -86,6 +87,9 @@ def request_middleware(*, metrics: Metrics, max_body: int) -> Middleware:
                 response = await handler(request)
             except ProxyError as exc:
                 response = error_response(exc, api_of(request.path))
+                if exc.closes_connection:
+                    response.headers[_REQUEST_ID] = request_id
+                    await send_and_close(request, response)
             except web.HTTPException as exc:
                 if exc.status < 400:
                     raise
@@ -146,13 +150,16 @@ def auth_middleware(
 
 
 def bearer_token(request: web.Request) -> str | None:
-    """The key a request presents: ``Authorization: Bearer <key>``, else ``x-api-key``."""
+    """The key a request presents: ``Authorization: Bearer <key>``, else ``x-api-key``.
+
+    ``x-api-key`` also counts beside an ``Authorization`` header of another scheme, such as the
+    ``Token`` a UbiOps Service may pass through.
+    """
     header = request.headers.get("Authorization")
     if header:
         scheme, _, token = header.partition(" ")
         if scheme.lower() == "bearer" and token.strip():
             return token.strip()
-        return None
     api_key = request.headers.get("x-api-key")
     return (api_key.strip() or None) if api_key else None
 

@@ -8,6 +8,7 @@ Ollama tag, and serialised once; everything after that (the response) is relayed
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
@@ -22,6 +23,7 @@ from proxy.errors import (
     BadRequestError,
     ModelNotFoundError,
     ModelUnavailableError,
+    RequestTimeoutError,
     WrongModelKindError,
 )
 from proxy.relay import relay
@@ -80,13 +82,21 @@ async def read_json_object(request: web.Request) -> dict[str, Any]:
         BadRequestError: empty body, invalid JSON, or JSON that is not an object.
         aiohttp.web.HTTPRequestEntityTooLarge: over ``client_max_size`` (mapped to 413).
     """
-    raw = await request.read()
+    try:
+        async with asyncio.timeout(request.app[SETTINGS].proxy_client_timeout):
+            raw = await request.read()
+    except TimeoutError:
+        raise RequestTimeoutError(
+            "the request body did not arrive in time; send it whole and promptly"
+        ) from None
     if not raw.strip():
         raise BadRequestError("the request body is empty; send a JSON object")
     try:
-        body = json.loads(raw)
+        body = json.loads(raw, parse_constant=_reject_constant)
     except ValueError as exc:
         raise BadRequestError(f"the request body is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise BadRequestError("the request body is nested too deeply") from None
     if not isinstance(body, dict):
         raise BadRequestError(
             f"the request body must be a JSON object, not {_json_type_name(body)}"
@@ -126,7 +136,7 @@ def model_handler(endpoint: Endpoint) -> Handler:
         body[endpoint.name_fields[0]] = model.tag
         for other in endpoint.name_fields[1:]:
             body.pop(other, None)
-        data = json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()
+        data = _serialise(body)
 
         upstream = app[UPSTREAM]
         if endpoint.stream_default is None:
@@ -177,6 +187,18 @@ async def fetch_ollama_tags(app: web.Application) -> dict[str, dict[str, Any]]:
         for entry in entries
         if isinstance(entry, dict) and isinstance(entry.get("name"), str)
     }
+
+
+def _serialise(body: dict[str, Any]) -> bytes:
+    try:
+        return json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()
+    except UnicodeEncodeError:
+        # A lone surrogate (``"\ud800"``) is valid JSON but not UTF-8: keep it as an escape.
+        return json.dumps(body, separators=(",", ":")).encode()
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number")
 
 
 def _model_name(body: dict[str, Any], fields: tuple[str, ...]) -> str:

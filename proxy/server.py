@@ -100,7 +100,12 @@ async def _serve(settings: Settings, executable: str) -> int:
         supervisor = Supervisor(settings, state, executable=executable)
         supervisor_ref.append(supervisor)
         app.cleanup_ctx.append(supervisor.cleanup_ctx)
-        runner = web.AppRunner(app, shutdown_timeout=drain_timeout(settings.shutdown_grace))
+        runner = web.AppRunner(
+            app,
+            shutdown_timeout=drain_timeout(settings.shutdown_grace),
+            # Also how long a client may take to send its headers: slow clients are cut off.
+            keepalive_timeout=settings.proxy_client_timeout,
+        )
         await runner.setup()
         site = web.TCPSite(runner, host=settings.bind_host, port=settings.proxy_port)
         try:

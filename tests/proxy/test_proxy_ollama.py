@@ -73,9 +73,7 @@ async def test_embed_and_legacy_embeddings(proxy: Proxy) -> None:
     legacy = await client.embeddings(model=EMBED, prompt="the river")
     assert embedded.embeddings[0] == pytest.approx(expected_embedding(EMBED, "the river"), abs=1e-6)
     assert embedded.embeddings[1] == pytest.approx(expected_embedding(EMBED, "a stone"), abs=1e-6)
-    assert list(legacy.embedding) == pytest.approx(
-        expected_embedding(EMBED, "the river"), abs=1e-5
-    )
+    assert list(legacy.embedding) == pytest.approx(expected_embedding(EMBED, "the river"), abs=1e-5)
 
 
 async def test_list_show_ps_version(proxy: Proxy, http: aiohttp.ClientSession) -> None:

@@ -36,9 +36,7 @@ def async_client(proxy: Proxy) -> openai.AsyncOpenAI:
 
 async def test_chat_sync(proxy: Proxy) -> None:
     client = sync_client(proxy)
-    result = await asyncio.to_thread(
-        client.chat.completions.create, model=CHAT, messages=MESSAGES
-    )
+    result = await asyncio.to_thread(client.chat.completions.create, model=CHAT, messages=MESSAGES)
     assert result.choices[0].message.content == expected_text(CHAT, MESSAGES, NUM_TOKENS)
     assert result.model == CHAT
     assert result.usage is not None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from typing import Any, TypeVar
 
 from aiohttp import web
@@ -59,7 +60,8 @@ async def read_body(
     if not raw.strip():
         raise ApiError(400, missing)
     try:
-        data = json.loads(raw)
+        # Go's encoding/json turns a lone UTF-16 surrogate escape into U+FFFD.
+        data = json.loads(raw, object_pairs_hook=_replace_surrogates)
     except UnicodeDecodeError:
         raise ApiError(400, "invalid character looking for beginning of value") from None
     except json.JSONDecodeError as exc:
@@ -73,6 +75,25 @@ async def read_body(
             400, f"json: cannot unmarshal {_json_kind(data)} into Go value of type {struct}"
         )
     return data
+
+
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _replace_surrogates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    return {_valid_text(key): _valid_value(value) for key, value in pairs}
+
+
+def _valid_value(value: Any) -> Any:
+    if isinstance(value, str):
+        return _valid_text(value)
+    if isinstance(value, list):
+        return [_valid_value(item) for item in value]
+    return value  # objects were already rebuilt by the hook
+
+
+def _valid_text(text: str) -> str:
+    return _LONE_SURROGATE.sub("\ufffd", text)
 
 
 def get_field(body: dict[str, Any], key: str, kind: type[_T], default: _T, struct: str) -> _T:
