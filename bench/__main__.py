@@ -1,0 +1,142 @@
+"""``python -m bench``: run the benchmark scenarios, print a table, write the JSON results.
+
+Every figure is a ratio or a difference against a baseline measured side by side in the same
+run (interleaved, repeated over rounds); the table shows the median over rounds, the min..max
+spread and, where there is a target, PASS or MISS.
+
+Options:
+  --smoke          a seconds-long run with tiny sizes (LiteLLM skipped), for CI
+  --only NAME      run only these scenarios (repeat or comma-separate)
+  --rounds N       override the number of rounds
+  --out PATH       JSON output (default bench/results/latest.json; smoke: smoke.json)
+  --self-check     A/A run: the "proxy" is the simulator itself; ratios ~1, differences ~0
+  --keep-logs      keep the work directory (process logs, model stores)
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+from bench.context import Bench, full_profile, smoke_profile
+from bench.loadgen import LoadGen
+from bench.report import ScenarioResult, render_table, write_json
+from bench.scenarios import SCENARIOS
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n")[0])
+    parser.add_argument("--smoke", action="store_true", help="seconds-long run for CI")
+    parser.add_argument(
+        "--only",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help=f"scenarios to run: {', '.join(SCENARIOS)}",
+    )
+    parser.add_argument("--rounds", type=int, help="override the number of rounds")
+    parser.add_argument("--out", type=Path, help="where to write the JSON results")
+    parser.add_argument(
+        "--self-check", action="store_true", help="A/A: measure the simulator against itself"
+    )
+    parser.add_argument("--keep-logs", action="store_true", help="keep the work directory")
+    return parser
+
+
+def _selected(only: list[str]) -> list[str]:
+    names = [n.strip() for item in only for n in item.split(",") if n.strip()]
+    unknown = [n for n in names if n not in SCENARIOS]
+    if unknown:
+        raise SystemExit(f"unknown scenario(s) {unknown}; choose from {list(SCENARIOS)}")
+    return names or list(SCENARIOS)
+
+
+def _git_commit() -> str:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            check=False,
+            cwd=Path(__file__).resolve().parents[1],
+        )
+    except OSError:
+        return "unknown"
+    return out.stdout.strip() or "unknown"
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the bench; exit status 1 when a scenario failed to run (a MISS is not a failure)."""
+    args = _parser().parse_args(argv)
+    names = _selected(args.only)
+    profile = smoke_profile() if args.smoke else full_profile()
+    if args.rounds:
+        profile = dataclasses.replace(profile, rounds=args.rounds)
+    out = args.out or RESULTS / ("smoke.json" if args.smoke else "latest.json")
+    workdir = Path(tempfile.mkdtemp(prefix="bench-"))
+    load_before = os.getloadavg()
+    started = time.monotonic()
+    results: list[ScenarioResult] = []
+    failed = False
+    with LoadGen() as loadgen:
+        bench = Bench(profile, loadgen, workdir, aa=args.self_check)
+        try:
+            for name in names:
+                module = SCENARIOS[name]
+                t0 = time.monotonic()
+                print(f"== {name}: {module.TITLE}", file=sys.stderr, flush=True)
+                try:
+                    result = module.run(bench)
+                except Exception as exc:
+                    traceback.print_exc()
+                    result = ScenarioResult(
+                        name, module.TITLE, error=f"{type(exc).__name__}: {exc}"
+                    )
+                    failed = True
+                result.extra["seconds"] = round(time.monotonic() - t0, 1)
+                results.append(result)
+        finally:
+            bench.close()
+    meta: dict[str, Any] = {
+        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "profile": profile.name,
+        "rounds": profile.rounds,
+        "self_check": args.self_check,
+        "commit": _git_commit(),
+        "python": platform.python_version(),
+        "cpus": os.cpu_count(),
+        "loadavg_before": [round(x, 2) for x in load_before],
+        "loadavg_after": [round(x, 2) for x in os.getloadavg()],
+        "seconds": round(time.monotonic() - started, 1),
+        "method": "figures are medians over rounds of per-round comparisons, baseline and "
+        "subject interleaved in each round; spread is min..max over rounds",
+    }
+    write_json(out, results, meta)
+    print(render_table(results))
+    print(
+        f"\nprofile {profile.name}, {profile.rounds} rounds, {meta['seconds']} s; load average "
+        f"before {meta['loadavg_before'][0]}, after {meta['loadavg_after'][0]} on "
+        f"{meta['cpus']} cores; JSON: {out}"
+    )
+    if args.keep_logs or failed:
+        print(f"logs: {workdir}")
+    else:
+        shutil.rmtree(workdir, ignore_errors=True)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
