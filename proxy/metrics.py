@@ -108,7 +108,7 @@ class Metrics:
         """Record a stream that failed after its headers were sent."""
         self.stream_errors.labels(route).inc()
 
-    def observe_pull(self, model: str, seconds: float, *, outcome: str = "success") -> None:
+    def observe_pull(self, model: str, seconds: float, outcome: str = "success") -> None:
         """Record one pull of ``model`` (its Ollama tag) that took ``seconds``.
 
         ``outcome`` is a short fixed word such as ``success``, ``failed`` or ``cancelled``.

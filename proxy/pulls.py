@@ -208,6 +208,10 @@ async def warm_model(session: aiohttp.ClientSession, base_url: str, model: Model
     return time.monotonic() - started
 
 
+PullObserver = Callable[[str, float, str], None]
+"""Called once per pull with the model, its seconds and ``"success"`` or ``"failed"``."""
+
+
 class ModelPreparer:
     """One pass over the configured models: list, pull the missing, warm.
 
@@ -230,9 +234,11 @@ class ModelPreparer:
         sleep: Sleep | None = None,
         shutdown: asyncio.Event | None = None,
         clock: Callable[[], float] = time.monotonic,
+        on_pull: PullObserver | None = None,
     ) -> None:
         self._session = session
         self._base_url = base_url
+        self._on_pull = on_pull
         self._state = state
         self._models: Sequence[Model] = tuple(models)
         self._concurrency = concurrency
@@ -301,17 +307,22 @@ class ModelPreparer:
             async for attempt in self._retrying(log_as="pull", model=tag):
                 with attempt:
                     await pull_model(self._session, self._base_url, tag, progress.update)
-        except tenacity.RetryError as exc:
+        except (tenacity.RetryError, PullError) as exc:
+            self._observe_pull(tag, started, "failed")
+            if isinstance(exc, PullError):
+                raise
             last = exc.last_attempt.exception()
             message = last.message if isinstance(last, PullError) else _describe(last)
             attempts = exc.last_attempt.attempt_number
             raise PullError(tag, f"{message} (gave up after {attempts} attempts)") from last
-        log.info(
-            "model pulled",
-            model=tag,
-            seconds=round(self._clock() - started, 3),
-            bytes=progress.total or None,
-        )
+        seconds = self._observe_pull(tag, started, "success")
+        log.info("model pulled", model=tag, seconds=round(seconds, 3), bytes=progress.total or None)
+
+    def _observe_pull(self, tag: str, started: float, outcome: str) -> float:
+        seconds = self._clock() - started
+        if self._on_pull is not None:
+            self._on_pull(tag, seconds, outcome)
+        return seconds
 
     def _retrying(self, *, log_as: str, model: str | None = None) -> tenacity.AsyncRetrying:
         attempts = self._attempts

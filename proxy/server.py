@@ -32,7 +32,7 @@ from typing import Any
 
 from aiohttp import web
 
-from proxy.app import create_app
+from proxy.app import METRICS, create_app
 from proxy.config import Settings
 from proxy.logs import configure_logging, get_logger
 from proxy.ollama_process import resolve_executable
@@ -97,7 +97,9 @@ async def _serve(settings: Settings, executable: str) -> int:
     try:
         state = InstanceState(settings.catalog, preload=settings.preload_models)
         app = create_app(settings, state)
-        supervisor = Supervisor(settings, state, executable=executable)
+        supervisor = Supervisor(
+            settings, state, executable=executable, on_pull=app[METRICS].observe_pull
+        )
         supervisor_ref.append(supervisor)
         app.cleanup_ctx.append(supervisor.cleanup_ctx)
         runner = web.AppRunner(

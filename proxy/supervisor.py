@@ -35,7 +35,7 @@ from tenacity.wait import wait_base
 from proxy.config import ConfigError, Settings
 from proxy.logs import get_logger
 from proxy.ollama_process import OllamaProcess
-from proxy.pulls import ModelPreparer
+from proxy.pulls import ModelPreparer, PullObserver
 from proxy.readiness import OllamaStartError, wait_until_ready
 from proxy.state import InstanceState, ModelStatus, OllamaStatus
 
@@ -103,9 +103,11 @@ class Supervisor:
         pull_wait: wait_base | None = None,
         pull_sleep: Callable[[float], Awaitable[None]] | None = None,
         clock: Callable[[], float] = time.monotonic,
+        on_pull: PullObserver | None = None,
     ) -> None:
         self._settings = settings
         self._state = state
+        self._on_pull = on_pull
         self._executable = executable
         self._warm = settings.preload_models if warm is None else warm
         self._start_backoff = start_backoff
@@ -334,6 +336,7 @@ class Supervisor:
             sleep=self._pull_sleep,
             shutdown=self._stopping,
             clock=self._clock,
+            on_pull=self._on_pull,
         )
         started = self._clock()
         try:

@@ -7,6 +7,7 @@ import json
 import signal
 import threading
 import time
+import urllib.request
 from collections.abc import Callable
 from typing import Any
 
@@ -243,3 +244,17 @@ def test_config_error_exits_2_with_one_line(
     result = run_cli(command, env={**instance.env, variable: value}, timeout=EXIT_TIMEOUT)
     assert result.returncode == 2
     assert result.stderr.splitlines() == [f"config error: {variable}: {problem}"]
+
+
+def test_pull_durations_reach_the_metrics(start_proxy: StartProxy) -> None:
+    proxy = start_proxy("serve")
+    proxy.wait_ready()
+    with urllib.request.urlopen(f"{proxy.instance.url}/metrics", timeout=5) as response:
+        text = response.read().decode()
+    for model in ("smollm2:135m", "all-minilm:latest"):
+        assert (
+            f'proxy_model_pull_duration_seconds_count{{model="{model}",outcome="success"}} 1.0'
+            in text
+        )
+    proxy.send(signal.SIGTERM)
+    assert proxy.wait_exit() == 0
