@@ -394,7 +394,7 @@ def ensure_litellm(log: Path) -> Path:
     log.parent.mkdir(parents=True, exist_ok=True)
     with log.open("ab") as out:
         steps = [
-            [uv, "venv", "--python", sys.executable, str(LITELLM_VENV)],
+            [uv, "venv", "--allow-existing", "--python", sys.executable, str(LITELLM_VENV)],
             [
                 uv,
                 "pip",
