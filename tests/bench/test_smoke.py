@@ -41,7 +41,8 @@ def test_smoke_run_reports_every_scenario(tmp_path: Path) -> None:
         assert figures, f"{name} produced no figures"
         for label, figure in figures.items():
             assert math.isfinite(figure["median"]), (name, label)
-            assert figure["median"] >= 0, (name, label)
+            if figure["unit"] == "x":  # a ratio; differences ("added ...") may be negative noise
+                assert figure["median"] > 0, (name, label)
     pace = report["pace"]["figures"]
     assert pace["streams with a different chunk sequence"]["median"] == 0
     assert report["ubiops"]["figures"]["chunks/s, ours / tutorial"]["median"] > 0
