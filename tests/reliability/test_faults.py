@@ -10,7 +10,10 @@ import json
 import os
 import signal
 import socket
+import threading
 import time
+import urllib.error
+import urllib.request
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -203,19 +206,41 @@ def proxies(tmp_path: Path) -> Any:
         proxy.stop()
 
 
-async def _readyz_watch(proxy: ProxyProc, seen: list[tuple[float, int, str]]) -> None:
-    """Record (time, status, ollama state) of /readyz every 20 ms until cancelled."""
-    async with aiohttp.ClientSession() as client:
-        while True:
+class _ReadyzWatch:
+    """Records (time, status, ollama state) of /readyz every 20 ms from a thread of its own.
+
+    A thread, so that clients blocking the test's event loop cannot hide a short 503 window.
+    """
+
+    def __init__(self, proxy: ProxyProc) -> None:
+        self.seen: list[tuple[float, int, str]] = []
+        self._url = f"{proxy.url}/readyz"
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> _ReadyzWatch:
+        self._thread.start()
+        while not self.seen:  # the first sample is taken before the caller goes on
+            time.sleep(0.005)
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
             try:
-                async with client.get(
-                    f"{proxy.url}/readyz", timeout=aiohttp.ClientTimeout(total=2)
-                ) as resp:
-                    body = await resp.json()
-                    seen.append((time.monotonic(), resp.status, body["ollama"]["state"]))
-            except (aiohttp.ClientError, TimeoutError):
-                seen.append((time.monotonic(), 0, "unreachable"))
-            await asyncio.sleep(0.02)
+                with urllib.request.urlopen(self._url, timeout=2) as resp:
+                    status, body = resp.status, json.load(resp)
+            except urllib.error.HTTPError as exc:
+                status, body = exc.code, json.load(exc)
+            except OSError:
+                self.seen.append((time.monotonic(), 0, "unreachable"))
+                self._stop.wait(0.02)
+                continue
+            self.seen.append((time.monotonic(), status, body["ollama"]["state"]))
+            self._stop.wait(0.02)
 
 
 # -- Ollama SIGKILLed mid-stream ------------------------------------------------------------------
@@ -244,12 +269,13 @@ async def test_ollama_sigkill_mid_stream_fails_every_client_cleanly_then_recover
         ollama_generate(proxy.url, outcomes["ollama"], texts["ollama"]),
     ]
     tasks = [asyncio.create_task(c) for c in clients]
-    seen: list[tuple[float, int, str]] = []
     await wait_started(list(outcomes.values()))
-    watcher = asyncio.create_task(_readyz_watch(proxy, seen))
-    killed_at = time.monotonic()
-    os.kill(sim.pid, signal.SIGKILL)
-    await asyncio.wait_for(asyncio.gather(*tasks), STREAM_TIMEOUT)
+    with _ReadyzWatch(proxy) as watch:
+        killed_at = time.monotonic()
+        os.kill(sim.pid, signal.SIGKILL)
+        await asyncio.wait_for(asyncio.gather(*tasks), STREAM_TIMEOUT)
+        await _ready(proxy)
+    seen = watch.seen
 
     for name in ("openai", "sse", "ndjson"):
         assert_clean_failure(outcomes[name], user_messages(texts[name]), KILL_TOKENS)
@@ -259,9 +285,7 @@ async def test_ollama_sigkill_mid_stream_fails_every_client_cleanly_then_recover
     assert not outcomes["ndjson"].error.startswith("transport"), "an NDJSON error line, in band"
     assert outcomes["ollama"].error.startswith("ResponseError"), outcomes["ollama"]
 
-    await _ready(proxy)
     recovered_at = time.monotonic()
-    watcher.cancel()
     statuses = [status for t, status, _ in seen if t >= killed_at]
     assert 503 in statuses, f"/readyz flipped to 503 after the kill: {seen[:5]}"
     body = proxy.readyz()[1]
@@ -303,11 +327,10 @@ async def test_slow_start_and_failing_pulls_end_ready_and_cut_streams_fail_clean
         SIM_STREAM_CUT_AFTER=str(CUT_AFTER),
         PULL_RETRIES="5",
     )
-    seen: list[tuple[float, int, str]] = []
     started = time.monotonic()
-    watcher = asyncio.create_task(_readyz_watch(proxy, seen))
-    await _ready(proxy)
-    watcher.cancel()
+    with _ReadyzWatch(proxy) as watch:
+        await _ready(proxy)
+    seen = watch.seen
     ready_after = time.monotonic() - started
     states = {state for _, status, state in seen if status == 503}
     assert "starting" in states, f"/readyz said 503 starting during the slow start: {seen[:3]}"
