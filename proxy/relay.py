@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Awaitable, Callable
 
 import aiohttp
 from aiohttp import web
@@ -85,17 +86,7 @@ async def _relay_whole(
     exchange: Exchange,
     client_timeout: aiohttp.ClientTimeout,
 ) -> web.Response:
-    try:
-        body = await upstream.read()
-    except TimeoutError as exc:
-        upstream.close()
-        raise timeout_error(client_timeout) from exc
-    except aiohttp.ClientError as exc:
-        upstream.close()
-        raise _dropped(exc) from exc
-    except BaseException:
-        upstream.close()
-        raise
+    body = await _read_uncommitted(upstream.read, upstream, client_timeout)
     upstream.release()
     exchange.bytes = len(body)
     return web.Response(body=body, status=upstream.status, headers={"Content-Type": content_type})
@@ -112,18 +103,7 @@ async def _relay_stream(
     check_end: bool,
 ) -> web.StreamResponse:
     readany = upstream.content.readany
-    # The first chunk: until it arrives nothing is committed, so failures get a real status.
-    try:
-        chunk = await readany()
-    except TimeoutError as exc:
-        upstream.close()
-        raise timeout_error(client_timeout) from exc
-    except aiohttp.ClientError as exc:
-        upstream.close()
-        raise _dropped(exc) from exc
-    except BaseException:
-        upstream.close()
-        raise
+    chunk = await _read_uncommitted(readany, upstream, client_timeout)
 
     response = web.StreamResponse(
         status=upstream.status,
@@ -179,6 +159,30 @@ async def _relay_stream(
         raise
     exchange.chunks, exchange.bytes = chunks, size
     return response
+
+
+async def _read_uncommitted(
+    read: Callable[[], Awaitable[bytes]],
+    upstream: aiohttp.ClientResponse,
+    client_timeout: aiohttp.ClientTimeout,
+) -> bytes:
+    """A read made before anything is sent to the client, so a failure gets a real status.
+
+    Raises:
+        UpstreamTimeoutError: Ollama went silent.
+        UpstreamUnavailableError: Ollama dropped the connection.
+    """
+    try:
+        return await read()
+    except TimeoutError as exc:
+        upstream.close()
+        raise timeout_error(client_timeout) from exc
+    except aiohttp.ClientError as exc:
+        upstream.close()
+        raise _dropped(exc) from exc
+    except BaseException:
+        upstream.close()
+        raise
 
 
 def _incomplete_end(framing: Framing, prev: bytes, last: bytes) -> str | None:

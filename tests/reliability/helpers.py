@@ -17,9 +17,8 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from collections import Counter
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,6 +29,11 @@ import pytest
 
 from proxy.testing.net import free_port
 from proxy.testing.simulator import expected_embedding, expected_tokens
+from tests.process_tools import alive as alive
+from tests.process_tools import is_sim as is_sim
+from tests.process_tools import kill_tree as kill_tree
+from tests.process_tools import sims_using as sims_using
+from tests.process_tools import wait_until as wait_until
 
 REPO = Path(__file__).resolve().parents[2]
 PACKAGE_DIR = REPO / "deployment_package"
@@ -51,8 +55,6 @@ EXIT_TIMEOUT = 20.0
 """The longest a process may take to exit when told to (seconds)."""
 HTTP_TIMEOUT = 10.0
 """One plain test HTTP request (seconds)."""
-POLL = 0.02
-"""How often wait helpers re-check their condition (seconds)."""
 
 
 # -- session bookkeeping ------------------------------------------------------------------------
@@ -118,18 +120,6 @@ def fds_redirected(path: Path) -> Iterator[None]:
 # -- waiting --------------------------------------------------------------------------------------
 
 
-def wait_until(predicate: Callable[[], Any], timeout: float, what: str) -> Any:
-    """Poll ``predicate`` until it returns something truthy; return it, or fail naming ``what``."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout:g}s waiting for {what}")
-        time.sleep(POLL)
-
-
 def http_json(
     url: str,
     *,
@@ -162,47 +152,6 @@ def http_json(
 
 
 # -- processes ------------------------------------------------------------------------------------
-
-
-def alive(pid: int) -> bool:
-    """Whether ``pid`` runs (a zombie counts as dead)."""
-    try:
-        return bool(psutil.Process(pid).status() != psutil.STATUS_ZOMBIE)
-    except psutil.NoSuchProcess:
-        return False
-
-
-def kill_tree(pid: int) -> None:
-    """SIGKILL ``pid`` and its descendants; ignore what is gone."""
-    try:
-        root = psutil.Process(pid)
-        procs = [root, *root.children(recursive=True)]
-    except psutil.NoSuchProcess:
-        return
-    for proc in procs:
-        with contextlib.suppress(psutil.NoSuchProcess):
-            proc.kill()
-
-
-def is_sim(proc: psutil.Process) -> bool:
-    try:
-        return any("ollama-sim" in part for part in proc.cmdline())
-    except (psutil.NoSuchProcess, psutil.ZombieProcess, psutil.AccessDenied):
-        return False
-
-
-def sims_using(models_dir: Path) -> list[psutil.Process]:
-    """Live simulator processes whose OLLAMA_MODELS is ``models_dir`` (orphan detection)."""
-    found = []
-    for proc in psutil.process_iter(["pid"]):
-        try:
-            if not is_sim(proc) or proc.status() == psutil.STATUS_ZOMBIE:
-                continue
-            if proc.environ().get("OLLAMA_MODELS") == str(models_dir):
-                found.append(proc)
-        except (psutil.NoSuchProcess, psutil.ZombieProcess, psutil.AccessDenied):
-            continue
-    return found
 
 
 def tcp_connections(pid: int, port: int, *, remote: bool = True) -> list[Any]:

@@ -20,7 +20,7 @@ from .helpers import (
     Instance,
     Proxy,
     kill_tree,
-    sim_processes_using,
+    sims_using,
 )
 
 
@@ -75,5 +75,5 @@ def start_proxy(instance: Instance) -> Iterator[Callable[..., Proxy]]:
     for proxy in started:
         kill_tree(proxy.pid)
         proxy.popen.wait(EXIT_TIMEOUT)
-    for proc in sim_processes_using(instance.models_dir):
+    for proc in sims_using(instance.models_dir):
         proc.kill()

@@ -6,7 +6,6 @@ Timeouts are named constants; waiting is done by polling a condition, never by a
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import os
 import subprocess
@@ -23,6 +22,11 @@ import psutil
 import pytest
 
 from proxy.testing.net import free_port
+from tests.process_tools import alive as alive
+from tests.process_tools import is_sim as is_sim
+from tests.process_tools import kill_tree as kill_tree
+from tests.process_tools import sims_using as sims_using
+from tests.process_tools import wait_until as wait_until
 
 REPO = Path(__file__).resolve().parents[2]
 SIM_BIN = Path(sys.executable).with_name("ollama-sim")
@@ -35,18 +39,6 @@ POLL_INTERVAL = 0.02
 """How often wait helpers re-check their condition (seconds)."""
 HTTP_TIMEOUT = 5.0
 """One test HTTP request (seconds)."""
-
-
-def wait_until(predicate: Callable[[], Any], timeout: float, what: str) -> Any:
-    """Poll ``predicate`` until it returns something truthy; return it, or fail naming ``what``."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout:g}s waiting for {what}")
-        time.sleep(POLL_INTERVAL)
 
 
 async def async_wait_until(predicate: Callable[[], Any], timeout: float, what: str) -> Any:
@@ -85,26 +77,6 @@ def pull_log(state_dir: Path) -> list[dict[str, Any]]:
     if not path.exists():
         return []
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
-def alive(pid: int) -> bool:
-    """Whether ``pid`` runs (a zombie waiting to be reaped counts as dead)."""
-    try:
-        return bool(psutil.Process(pid).status() != psutil.STATUS_ZOMBIE)
-    except psutil.NoSuchProcess:
-        return False
-
-
-def kill_tree(pid: int) -> None:
-    """SIGKILL ``pid`` and every descendant (and their process groups); ignore what is gone."""
-    try:
-        root = psutil.Process(pid)
-        procs = [root, *root.children(recursive=True)]
-    except psutil.NoSuchProcess:
-        return
-    for proc in procs:
-        with contextlib.suppress(psutil.NoSuchProcess):
-            proc.kill()
 
 
 @dataclass
@@ -171,7 +143,7 @@ class Proxy:
             children = psutil.Process(self.pid).children()
         except psutil.NoSuchProcess:
             return []
-        return [c.pid for c in children if alive(c.pid) and _is_sim(c)]
+        return [c.pid for c in children if alive(c.pid) and is_sim(c)]
 
     def wait_ready(self, timeout: float = READY_TIMEOUT) -> Any:
         def ready() -> Any:
@@ -197,27 +169,6 @@ class Proxy:
 
     def log_tail(self, lines: int = 15) -> str:
         return "\n".join(self.log_lines()[-lines:])
-
-
-def _is_sim(proc: psutil.Process) -> bool:
-    try:
-        return any("ollama-sim" in part for part in proc.cmdline())
-    except (psutil.NoSuchProcess, psutil.ZombieProcess, psutil.AccessDenied):
-        return False
-
-
-def sim_processes_using(models_dir: Path) -> list[psutil.Process]:
-    """Every live simulator process whose environment points at ``models_dir``."""
-    found = []
-    for proc in psutil.process_iter(["pid", "cmdline"]):
-        try:
-            if not _is_sim(proc) or proc.status() == psutil.STATUS_ZOMBIE:
-                continue
-            if proc.environ().get("OLLAMA_MODELS") == str(models_dir):
-                found.append(proc)
-        except (psutil.NoSuchProcess, psutil.ZombieProcess, psutil.AccessDenied):
-            continue
-    return found
 
 
 def run_cli(
@@ -249,7 +200,7 @@ __all__ = [
     "kill_tree",
     "pull_log",
     "run_cli",
-    "sim_processes_using",
+    "sims_using",
     "wait_for",
     "wait_until",
 ]

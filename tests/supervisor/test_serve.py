@@ -22,7 +22,7 @@ from .helpers import (
     Proxy,
     alive,
     run_cli,
-    sim_processes_using,
+    sims_using,
     wait_until,
 )
 
@@ -125,7 +125,7 @@ def test_sigkill_of_the_proxy_leaves_no_orphan(start_proxy: StartProxy) -> None:
     proxy.send(signal.SIGKILL)
     proxy.wait_exit()
     wait_until(lambda: not alive(child), EXIT_TIMEOUT, f"ollama-sim {child} to die")
-    assert not sim_processes_using(proxy.instance.models_dir)
+    assert not sims_using(proxy.instance.models_dir)
 
 
 def test_start_failure_keeps_serving_readyz_with_the_reason(start_proxy: StartProxy) -> None:
@@ -185,7 +185,7 @@ def test_baked_models_are_not_pulled_again(instance: Instance, start_proxy: Star
         "all-minilm:latest",
         "smollm2:135m",
     ]
-    assert not sim_processes_using(instance.models_dir)  # `pull` stopped its Ollama
+    assert not sims_using(instance.models_dir)  # `pull` stopped its Ollama
     proxy = start_proxy("serve")
     proxy.wait_ready()
     assert instance.pulls() == pulls
@@ -196,7 +196,7 @@ def test_pull_fails_when_a_model_is_missing(instance: Instance) -> None:
     result = run_cli("pull", env={**instance.env, "OLLAMA_CHAT_MODELS": "doesnotexist"})
     assert result.returncode == 1
     assert "file does not exist" in result.stderr
-    assert not sim_processes_using(instance.models_dir)
+    assert not sims_using(instance.models_dir)
 
 
 def test_crash_after_ready_goes_503_then_back_to_200(start_proxy: StartProxy) -> None:
