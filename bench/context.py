@@ -60,7 +60,7 @@ def full_profile() -> Profile:
         pace_steps_s=(0.01, 0.005, 0.002, 0.001),
         pace_step_rounds=3,
         ubiops_requests=40,
-        readiness_rounds=5,
+        readiness_rounds=8,
         readiness_start_delay_s=0.5,
         readiness_pull_delay_s=0.05,
         memory_rounds=3,

@@ -252,7 +252,8 @@ class ProxyStack:
 
     ``direct`` is the proxy's simulator child (same process the proxy forwards to); ``proxy`` is
     the proxy, with bearer auth on. ``aa=True`` runs only a simulator and makes both targets the
-    simulator (A/A check of the method).
+    simulator (A/A check of the method). ``python_args`` go between the interpreter and
+    ``-m proxy serve`` (``("-m", "cProfile", "-o", path)`` profiles the proxy).
     """
 
     def __init__(
@@ -264,8 +265,10 @@ class ProxyStack:
         extra_env: Mapping[str, str] | None = None,
         aa: bool = False,
         name: str = "proxy",
+        python_args: tuple[str, ...] = (),
     ) -> None:
         self.aa = aa
+        self._python_args = python_args
         self.workdir = workdir
         self.internal_port = free_port()
         self.port = free_port()
@@ -309,7 +312,8 @@ class ProxyStack:
             self.direct_url = self.proxy_url = self._sim.url
             self.proc = self._sim.proc
             return
-        self.proc = _spawn([sys.executable, "-m", "proxy", "serve"], self.env, self.log)
+        cmd = [sys.executable, *self._python_args, "-m", "proxy", "serve"]
+        self.proc = _spawn(cmd, self.env, self.log)
 
     def wait_ready(self, timeout: float = 60.0) -> float:
         """Block until ``/readyz`` answers 200 (A/A: the simulator answers, models pulled)."""

@@ -1,9 +1,10 @@
 """Wait for a freshly spawned ``ollama serve`` to answer, or say precisely why it did not.
 
 Polling starts the moment the child is spawned. The first polls come fast and the delay doubles
-up to a cap, so an Ollama that answers is noticed within one cap interval (100 ms by default)
-while a slow start costs little. Between polls the wait is on the child's exit, never a blind
-sleep: a child that dies is noticed at once. Three outcomes, each distinct:
+up to a cap, so an Ollama that answers is noticed within one cap interval (20 ms by default;
+a refused loopback connection costs tens of microseconds) while a slow start costs little.
+Between polls the wait is on the child's exit, never a blind sleep: a child that dies is
+noticed at once. Three outcomes, each distinct:
 
 * ready: returns Ollama's version;
 * :class:`OllamaExitedError`: the child exited first (exit status and last stderr lines);
@@ -36,7 +37,7 @@ __all__ = [
 FIRST_POLL_DELAY = 0.005
 """Delay after the first failed poll (seconds); it doubles after each failure..."""
 
-MAX_POLL_DELAY = 0.1
+MAX_POLL_DELAY = 0.02
 """...up to this cap (seconds): the most a ready Ollama goes unnoticed."""
 
 POLL_REQUEST_TIMEOUT = 2.0

@@ -10,6 +10,9 @@ Method, per round (the backend's start is slowed by ``SIM_START_DELAY`` = D):
 * the proxy with an empty model store, so both models are pulled (``SIM_PULL_DELAY`` paces the
   pull's progress lines): spawn → first answered request.
 
+Round i adds ``i/rounds x 100 ms`` to D, so the rounds cover every phase of the proxy's own
+poll of the backend (its interval grows to at most 100 ms): the spread shows the worst case.
+
 The tutorial's readiness is its fixed ``time.sleep(3)`` after ``Popen``: it proceeds 3 s after
 spawning whatever the backend does, so its lag behind the backend is ``3000 ms - T_sim`` (and
 if the backend takes longer than 3 s, its pulls fail). That figure is computed per round from
@@ -31,6 +34,7 @@ TITLE = "Readiness lag and cold start"
 
 _TUTORIAL_SLEEP_MS = 3000.0
 _TIMEOUT = 60.0
+_PHASE_SPAN = 0.1
 
 
 def _observe(stack: ProxyStack) -> tuple[float, float, float]:
@@ -94,6 +98,9 @@ def run(bench: Bench) -> ScenarioResult:
         [] for _ in range(7)
     )
     for i in range(p.readiness_rounds):
+        # Shift the backend's start across one poll period of the proxy (100 ms at most between
+        # polls), so the rounds sample every phase of its poll instead of the same one.
+        sim_env["SIM_START_DELAY"] = f"{delay + _PHASE_SPAN * i / p.readiness_rounds:.4f}"
         t_sim = _sim_start_ms(bench, sim_env, present)
         stack = bench.stack(sim_env, models_dir=present, name=f"ready-{i}")
         try:
@@ -122,7 +129,8 @@ def run(bench: Bench) -> ScenarioResult:
     result.add("cold start to first answer, with pulls", "ms", cold_pulls)
     result.add("pulls add", "ms", pull_cost)
     result.notes.append(
-        f"SIM_START_DELAY={delay:g} s, SIM_PULL_DELAY={p.readiness_pull_delay_s:g} s; "
+        f"SIM_START_DELAY={delay:g} s + i/rounds x {_PHASE_SPAN:g} s, "
+        f"SIM_PULL_DELAY={p.readiness_pull_delay_s:g} s; "
         "lag is measured from the first answer of the proxy's own simulator; ratio denominators "
         "floored at 1 ms"
     )
