@@ -25,7 +25,7 @@ from bench.context import Bench, chat_body
 from bench.report import ScenarioResult, Target
 from bench.stack import CHAT_MODEL, ProxyStack
 from bench.stats import percentile, ratio, summarize
-from proxy.testing.simulator.generation import expected_text
+from proxy.testing.simulator import expected_text
 
 NAME = "pace"
 TITLE = "Realistic pace: concurrent streams at 20 ms/token"

@@ -19,7 +19,7 @@ import pytest
 from openai.types import CreateEmbeddingResponse
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
 
-from proxy.testing.simulator.generation import expected_embedding, expected_text
+from proxy.testing.simulator import expected_embedding, expected_text
 from proxy.testing.ubiops_instance import GENERIC_ERROR, UbiOpsInstance
 from tests.deployment.conftest import PACKAGE_DIR, sim_env, wait_until
 

@@ -22,7 +22,7 @@ from openai.types import CreateEmbeddingResponse
 from openai.types.chat import ChatCompletionChunk
 from ubiops.utils import run_local
 
-from proxy.testing.simulator.generation import expected_text
+from proxy.testing.simulator import expected_text
 from tests.deployment.conftest import PACKAGE_DIR, sim_env, wait_until
 
 pytestmark = pytest.mark.slow

@@ -16,15 +16,16 @@ from proxy.testing.simulator import (
     expected_tokens,
     normalise,
 )
-from proxy.testing.simulator.config import ServerConfig, parse_ollama_host
-from proxy.testing.simulator.registry import parse_extra_models
-from proxy.testing.simulator.timeutil import (
+from proxy.testing.simulator.config import (
     FOREVER,
+    ServerConfig,
     env_keep_alive,
     parse_go_duration,
     parse_keep_alive,
-    rfc3339_utc,
+    parse_ollama_host,
 )
+from proxy.testing.simulator.models import parse_extra_models
+from proxy.testing.simulator.wire import rfc3339_utc
 
 
 @pytest.mark.parametrize(
@@ -75,8 +76,8 @@ def test_server_config_defaults() -> None:
     assert (config.host, config.port) == ("0.0.0.0", 11434)
     assert config.models_dir == Path("/home/me/.ollama/models")
     assert config.keep_alive == 300
-    assert not config.loopback
-    assert ServerConfig.from_env({"HOME": "/h"}).loopback
+    assert config.address == "0.0.0.0:11434"
+    assert ServerConfig.from_env({"OLLAMA_HOST": ":7000"}).address == "[::]:7000"
 
 
 @pytest.mark.parametrize(
@@ -135,7 +136,6 @@ def test_determinism_helpers(monkeypatch: pytest.MonkeyPatch) -> None:
     assert expected_text("smollm2", "hi", 12) == "".join(tokens)
     assert expected_tokens("smollm2", [{"role": "user", "content": "hi"}], 3) != tokens[:3]
     assert embedding_dimension("nomic-embed-text") == 768
-    assert embedding_dimension("mxbai-embed-large") == 1024
     vector = expected_embedding("all-minilm:l6-v2", "text")
     assert len(vector) == 384
     assert vector == expected_embedding("all-minilm", "text")

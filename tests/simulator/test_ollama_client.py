@@ -173,16 +173,3 @@ async def test_copy_and_delete(make_sim: MakeSim) -> None:
     with pytest.raises(ollama.ResponseError) as copied:
         await client.copy("absent", "other")
     assert copied.value.status_code == 404
-
-
-async def test_create_from_existing_model(make_sim: MakeSim) -> None:
-    sim = await make_sim()
-    client = ollama.AsyncClient(host=sim.url)
-    await client.pull(CHAT_MODEL)
-    progress = await client.create(
-        model="custom", from_=CHAT_MODEL, parameters={"temperature": 0.1}
-    )
-    assert progress.status == "success"
-    shown = await client.show("custom")
-    assert shown.parameters is not None
-    assert "temperature" in shown.parameters

@@ -116,18 +116,6 @@ def test_embeddings_default_base64_and_float(client: openai.OpenAI) -> None:
     assert short.data[0].embedding == expected_embedding(EMBED_MODEL, "x", 32)
 
 
-def test_models_list_and_retrieve(client: openai.OpenAI) -> None:
-    ids = [m.id for m in client.models.list()]
-    assert sorted(ids) == ["all-minilm:latest", CHAT_MODEL]
-    model = client.models.retrieve(CHAT_MODEL)
-    assert model.id == CHAT_MODEL
-    assert model.owned_by == "library"
-    assert model.object == "model"
-    with pytest.raises(openai.NotFoundError) as info:
-        client.models.retrieve("llama3.2")
-    assert info.value.status_code == 404
-
-
 def test_errors_have_openai_shape(client: openai.OpenAI) -> None:
     with pytest.raises(openai.NotFoundError) as missing:
         client.chat.completions.create(model="absent", messages=MESSAGES)

@@ -7,8 +7,8 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 
+from .config import VERSION
 from .server import serve
-from .version import VERSION
 
 __all__ = ["main"]
 
