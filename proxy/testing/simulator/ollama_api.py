@@ -8,7 +8,9 @@ Inference (generate, chat, embed, embeddings) streams NDJSON unless ``"stream": 
 lines with ``digest``, ``total`` and a growing ``completed`` (absent while zero, as Go omits it);
 ``verifying sha256 digest``; ``writing manifest``; ``removing any unused layers``; ``success``.
 Errors after the first line arrive in-band under HTTP 200, so an unknown model gives
-``pulling manifest`` then ``{"error":"pull model manifest: file does not exist"}``.
+``pulling manifest`` then ``{"error":"pull model manifest: file does not exist"}``. Nothing is
+downloaded: the log says so (``simulated download``), while the progress lines keep the real
+sizes a client expects.
 """
 
 from __future__ import annotations
@@ -316,7 +318,9 @@ class _Pull:
             log(
                 "INFO",
                 "download.go:177",
-                f"downloading {layer.digest[7:19]} in 16 {layer.size} B part(s)",
+                f"simulated download of {layer.digest[7:19]} "
+                f"({layer.size} B reported, nothing transferred)",
+                model=self.name.display,
             )
             for step in range(steps):
                 done = layer.size if steps == 1 else layer.size * step // (steps - 1)

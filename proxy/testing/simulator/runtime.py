@@ -134,11 +134,6 @@ class ModelStore:
                 path.unlink(missing_ok=True)
         return True
 
-    def blob_count(self) -> int:
-        """Number of blobs on disk."""
-        blobs = self.root / "blobs"
-        return sum(1 for _ in blobs.iterdir()) if blobs.is_dir() else 0
-
     def _blob_path(self, digest: str) -> Path | None:
         match = _DIGEST.match(digest)
         return None if match is None else self.root / "blobs" / f"sha256-{match.group(1)}"

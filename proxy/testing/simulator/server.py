@@ -128,8 +128,6 @@ async def serve(environ: Mapping[str, str]) -> int:
         f"{k}:{v}" for k, v in sorted(environ.items()) if k.startswith(("OLLAMA_", "SIM_"))
     )
     log("INFO", "routes.go:1574", "server config", env=f"map[{env}]")
-    log("INFO", "images.go:522", f"total blobs: {sim.store.blob_count()}")
-    log("INFO", "images.go:529", "total unused blobs removed: 0")
     if faults.start_delay > 0:
         try:
             await asyncio.wait_for(stop.wait(), faults.start_delay)
@@ -156,20 +154,7 @@ async def serve(environ: Mapping[str, str]) -> int:
         return 1
     host, port = runner.addresses[0][:2]
     bound = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-    log("INFO", "routes.go:1625", f"Listening on {bound} (version {VERSION})")
-    log("INFO", "runner.go:80", "discovering available GPUs...")
-    log(
-        "INFO",
-        "types.go:60",
-        "inference compute",
-        id="cpu",
-        library="cpu",
-        compute="",
-        name="cpu",
-        description="cpu",
-        total="15.5 GiB",
-        available="14.2 GiB",
-    )
+    log("INFO", "routes.go:1625", f"Listening on {bound} (version {VERSION}, simulated)")
     await stop.wait()
     await runner.cleanup()
     return 0

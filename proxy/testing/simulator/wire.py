@@ -3,7 +3,7 @@ log lines and streams.
 
 Request bodies are decoded with ``encoding/json``'s error wording, responses encoded with its HTML
 escaping; time stamps are formatted as Go marshals ``time.Time``. Log lines go to stderr as Go
-``slog`` text and Gin access lines. Streamed responses are written
+``slog`` text (each with ``simulated=true``) and Gin access lines. Streamed responses are written
 one chunk (an NDJSON line or an SSE event) at a time by :class:`ChunkStream`, which applies the
 stream faults ``SIM_STREAM_CUT_AFTER``, ``SIM_STREAM_ERROR_AFTER`` and ``SIM_CRASH_AFTER``.
 """
@@ -173,11 +173,11 @@ def _value(value: object) -> str:
 
 
 def log(level: str, source: str, msg: str, **attrs: object) -> None:
-    """Write ``time=… level=… source=… msg="…" key=value`` to stderr, like Ollama's slog."""
+    """Write ``time=… level=… source=… msg="…" key=value simulated=true`` to stderr, like slog."""
     now = time.time()
     stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now)) + f".{int(now % 1 * 1000):03d}Z"
     parts = [f"time={stamp}", f"level={level}", f"source={source}", f"msg={_value(msg)}"]
-    parts.extend(f"{key}={_value(value)}" for key, value in attrs.items())
+    parts.extend(f"{key}={_value(value)}" for key, value in {**attrs, "simulated": "true"}.items())
     sys.stderr.write(" ".join(parts) + "\n")
     sys.stderr.flush()
 
