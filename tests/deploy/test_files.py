@@ -117,3 +117,59 @@ def test_deploy_sh_runs_the_module() -> None:
     assert run.returncode == 0, run.stderr
     assert "--port-forward" in run.stdout
     assert "--service" in run.stdout
+
+
+def test_every_base_image_is_a_build_argument() -> None:
+    instructions = _instructions()
+    stages = {
+        rest.split()[-1] for keyword, rest in instructions if keyword == "FROM" and " AS " in rest
+    }
+    defaults = dict(
+        rest.split("=", 1) for keyword, rest in instructions if keyword == "ARG" and "=" in rest
+    )
+    for keyword, rest in instructions:
+        if keyword == "FROM":
+            image = rest.split()[0]
+            assert image in stages or re.fullmatch(r"\$\{\w+\}", image), rest
+            if image.startswith("${"):
+                assert defaults[image[2:-1]] == "python:3.13-slim-bookworm"
+
+
+def test_the_archive_url_is_an_argument_and_still_checksum_verified() -> None:
+    instructions = _instructions()
+    args = dict(
+        rest.split("=", 1) for keyword, rest in instructions if keyword == "ARG" and "=" in rest
+    )
+    assert args["OLLAMA_URL"] == '""'
+    assert args["BAKE_MODELS_URL"] == '""'
+    runs = [rest for keyword, rest in instructions if keyword == "RUN"]
+    download = next(r for r in runs if "OLLAMA_URL" in r)
+    assert '"${OLLAMA_URL:-https://github.com/ollama/ollama/releases/download/v' in download
+    assert download.index("urlretrieve") < download.index("sha256sum --check --strict")
+    models = next(r for r in runs if "BAKE_MODELS_URL" in r)
+    assert models.index("urlretrieve") < models.index("sha256sum --check --strict")
+    assert "BAKE_MODELS_SHA256 must be" in models
+
+
+def test_the_ca_bundle_is_a_build_secret_used_by_every_network_step_only() -> None:
+    instructions = _instructions()
+    runs = [rest for keyword, rest in instructions if keyword == "RUN"]
+    network = [r for r in runs if "urlretrieve" in r or "pip install" in r or "proxy pull" in r]
+    assert len(network) == 6
+    for run in network:
+        assert run.startswith("--mount=type=secret,id=ca_bundle,mode=0444 "), run
+        assert "SSL_CERT_FILE=/run/secrets/ca_bundle" in run
+    for keyword, rest in instructions:
+        if keyword in {"ENV", "ARG"}:
+            assert "SSL_CERT_FILE" not in rest
+            assert "PIP_CERT" not in rest
+            assert "ca_bundle" not in rest
+
+
+def test_an_externally_managed_python_gets_a_virtual_environment() -> None:
+    instructions = _instructions()
+    assert ("ENV", 'PATH="/opt/venv/bin:${PATH}"') in instructions
+    setup = next(r for k, r in instructions if k == "RUN" and "useradd" in r)
+    assert "EXTERNALLY-MANAGED" in setup
+    assert "sys.prefix != sys.base_prefix" in setup
+    assert "python3 -m venv /opt/venv && chown -R deployment: /opt/venv" in setup
