@@ -13,7 +13,15 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from proxy.deploy.errors import DeployError
-from proxy.deploy.plan import DEFAULT_API_HOST, PROXY_API_KEY, PROXY_PORT, Options, Plan, make_plan
+from proxy.deploy.plan import (
+    DEFAULT_API_HOST,
+    ENGINES,
+    PROXY_API_KEY,
+    PROXY_PORT,
+    Options,
+    Plan,
+    make_plan,
+)
 from proxy.deploy.token import TOKEN_VARIABLE, read_token
 
 __all__ = ["main"]
@@ -22,6 +30,8 @@ _DEFAULTS = Options(project="")
 _EPILOG = """\
 what goes where:
   The environment image (Dockerfile) holds Ollama and the proxy package, installed from uv.lock.
+  --build builds it with docker or podman, whichever is usable (docker needs its daemon; podman
+  builds with --format docker, which keeps HEALTHCHECK, and saves a docker-archive).
   The deployment package zip holds only deployment_package/ (at the zip's root); its
   deployment.py imports the proxy from the image.
 
@@ -145,9 +155,21 @@ def _parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
 
     image = parser.add_argument_group("environment image (default: keep the current one)")
     source = image.add_mutually_exclusive_group()
-    source.add_argument("--image", type=Path, help="`docker save` archive to upload")
     source.add_argument(
-        "--build", action="store_true", help="build the image with docker build + docker save"
+        "--image",
+        type=Path,
+        help="image archive to upload (`docker save`, `podman save --format docker-archive`)",
+    )
+    source.add_argument(
+        "--build",
+        action="store_true",
+        help="build the image from the Dockerfile with docker or podman, then save and upload it",
+    )
+    image.add_argument(
+        "--engine",
+        choices=("auto", *ENGINES),
+        default=d.engine,
+        help="with --build: auto uses docker when its daemon answers, else podman",
     )
     image.add_argument(
         "--base-image",
@@ -158,12 +180,26 @@ def _parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
         "--image-output",
         type=Path,
         default=_project_root() / "build" / "ollama-ubiops.tar",
-        help="with --build: where `docker save` writes the archive",
+        help="with --build: where the saved image archive is written",
     )
     image.add_argument(
         "--bake-models",
         action="store_true",
         help="with --build: pull the configured models into the image",
+    )
+    image.add_argument(
+        "--ca-bundle",
+        type=Path,
+        help="with --build: a PEM bundle trusted for HTTPS during the build only (build secret "
+        "ca_bundle), for networks that inspect TLS; give a complete bundle, e.g. "
+        "/etc/ssl/certs/ca-certificates.crt",
+    )
+    image.add_argument(
+        "--build-arg",
+        action="append",
+        metavar="NAME=VALUE",
+        help="with --build: another Dockerfile build argument, e.g. OLLAMA_URL=<mirror of the "
+        "release archive> or OLLAMA_GPU=true (repeatable)",
     )
 
     access = parser.add_argument_group("direct access (the proxy then requires PROXY_API_KEY)")
@@ -221,6 +257,9 @@ def _options(ns: argparse.Namespace, env: Mapping[str, str]) -> Options:
         build=ns.build,
         base_image=ns.base_image,
         bake_models=ns.bake_models,
+        engine=ns.engine,
+        ca_bundle=ns.ca_bundle,
+        build_args=tuple(ns.build_arg or ()),
         port_forward=ns.port_forward,
         service=service,
         show_api_key=ns.show_api_key,

@@ -2,8 +2,9 @@
 
 The zip is reproducible (sorted entries, fixed timestamps and modes, no byte code), so the same
 ``deployment_package/`` always hashes the same and an unchanged package is not uploaded again.
-An image archive is identified by the image ID recorded in its ``manifest.json`` (the digest of
-the image configuration), so the same image saved twice is recognised without hashing gigabytes.
+An image archive (``docker save``, or ``podman save --format docker-archive``) is identified by
+the image ID recorded in its ``manifest.json`` (the digest of the image configuration), so the
+same image saved twice is recognised without hashing gigabytes.
 """
 
 from __future__ import annotations
@@ -18,9 +19,9 @@ import zipfile
 from pathlib import Path
 
 from proxy.deploy.errors import DeployError
-from proxy.deploy.plan import BuildSpec
+from proxy.deploy.plan import ENGINES, BuildSpec
 
-__all__ = ["PACKAGE_ROOT", "build_image", "image_identity", "write_package_zip"]
+__all__ = ["PACKAGE_ROOT", "build_image", "choose_engine", "image_identity", "write_package_zip"]
 
 PACKAGE_ROOT = "deployment_package"
 """The directory at the root of the zip; UbiOps picks the one with this name."""
@@ -62,7 +63,7 @@ def write_package_zip(package_dir: Path, destination: Path) -> str:
 
 
 def image_identity(archive: Path) -> str:
-    """A stable hex identity of a ``docker save`` archive: its image ID, else its sha256.
+    """A stable hex identity of a docker archive: its image ID, else its sha256.
 
     Raises:
         DeployError: the file does not exist.
@@ -83,34 +84,58 @@ def image_identity(archive: Path) -> str:
 
 
 def build_image(spec: BuildSpec) -> Path:
-    """Run ``docker build`` and ``docker save`` for ``spec``; return the archive's path.
+    """Build ``spec`` with docker or podman and save it as a docker archive; return its path.
 
-    Output of docker goes straight to the terminal.
+    The engine is ``spec.engine``, or with ``auto`` the first usable of docker (installed, its
+    daemon answering) and podman (installed). Their output goes straight to the terminal.
 
     Raises:
-        DeployError: docker is missing or its daemon unreachable, or a command failed.
+        DeployError: no usable engine, the CA bundle is missing, or a command failed.
     """
-    docker = shutil.which("docker")
-    if docker is None:
-        raise DeployError(
-            "--build needs docker, which is not installed here; build the image elsewhere "
-            "and pass it with --image"
-        )
-    probe = subprocess.run(
-        [docker, "info", "--format", "{{.ServerVersion}}"],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if probe.returncode != 0:
-        reason = (probe.stderr.strip().splitlines() or ["no answer"])[-1]
-        raise DeployError(f"--build needs a running docker daemon: {reason}")
+    engine, executable = choose_engine(spec.engine)
+    if spec.ca_bundle is not None and not spec.ca_bundle.is_file():
+        raise DeployError(f"--ca-bundle {spec.ca_bundle}: no such file")
     spec.output.parent.mkdir(parents=True, exist_ok=True)
-    for command in (spec.build_command(), spec.save_command()):
+    for command in (spec.build_command(engine), spec.save_command(engine)):
         print("$ " + " ".join(command), flush=True)
-        if subprocess.run([docker, *command[1:]], check=False).returncode != 0:
+        if subprocess.run([executable, *command[1:]], check=False).returncode != 0:
             raise DeployError(f"`{' '.join(command[:2])}` failed (see its output above)")
     return spec.output
+
+
+def choose_engine(wanted: str = "auto") -> tuple[str, str]:
+    """The engine ``--build`` uses and its executable: ``wanted``, or the first usable of
+    :data:`ENGINES` for ``auto`` (docker needs its daemon; podman has none).
+
+    Raises:
+        DeployError: none is usable; the message says what was found and what to do.
+    """
+    candidates = ENGINES if wanted == "auto" else (wanted,)
+    problems = []
+    for name in candidates:
+        executable = shutil.which(name)
+        if executable is None:
+            problems.append(f"{name} is not installed")
+            continue
+        if name == "docker":
+            probe = subprocess.run(
+                [executable, "info", "--format", "{{.ServerVersion}}"],
+                capture_output=True,
+                text=True,
+                check=False,
+            )
+            if probe.returncode != 0:
+                reason = (probe.stderr.strip().splitlines() or ["no answer"])[-1]
+                problems.append(f"docker is installed but its daemon does not answer ({reason})")
+                continue
+        if problems:
+            print(f"building with {name}: {'; '.join(problems)}", flush=True)
+        return name, executable
+    wants = "docker (with a running daemon) or podman" if wanted == "auto" else wanted
+    raise DeployError(
+        f"--build needs {wants}: {'; '.join(problems)}. Install or start one, or build the image "
+        "elsewhere and pass the archive with --image"
+    )
 
 
 def _sha256(path: Path) -> str:

@@ -8,6 +8,7 @@ compares this state with what the API reports and changes only what differs.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -16,6 +17,7 @@ from proxy.deploy.errors import DeployError
 
 __all__ = [
     "DEFAULT_API_HOST",
+    "ENGINES",
     "LABEL_OPENAI_COMPATIBLE",
     "LABEL_OPENAI_MODEL_NAMES",
     "LABEL_PACKAGE_HASH",
@@ -40,6 +42,16 @@ LABEL_PACKAGE_HASH = "deployment-package-sha256"
 """Version label holding the hash of the last deployment package that built successfully."""
 PACKAGE_HASH_CHARS = 40
 """Label values are kept short (≤ 63 characters); 40 hex digits (160 bits) identify a package."""
+ENGINES = ("docker", "podman")
+"""What ``--build`` builds with, in order of preference when ``--engine auto``."""
+CA_BUNDLE_SECRET_ID = "ca_bundle"  # noqa: S105 (the name of a build secret, not a secret)
+"""The Dockerfile's build secret: a CA bundle trusted for HTTPS during the build only."""
+_RESERVED_BUILD_ARGS = {
+    "BASE_IMAGE": "--base-image",
+    "BAKE_CHAT_MODELS": "--bake-models with --chat-models",
+    "BAKE_EMBEDDING_MODELS": "--bake-models with --embedding-models",
+}
+_BUILD_ARG_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 _DEDICATED = "(Dedicated)"
 _MAX_IDLE_RANGE = (10, 3600)
@@ -65,6 +77,9 @@ class Options:
     build: bool = False
     base_image: str | None = None
     bake_models: bool = False
+    engine: str = "auto"
+    ca_bundle: Path | None = None
+    build_args: tuple[str, ...] = ()
     port_forward: int | None = None
     service: str | None = None
     show_api_key: bool = False
@@ -98,24 +113,43 @@ class ServiceSpec:
 
 @dataclass(frozen=True, slots=True)
 class BuildSpec:
-    """How ``--build`` makes the environment image: ``docker build`` then ``docker save``."""
+    """How ``--build`` makes the environment image: ``build`` then ``save``, with docker or podman.
+
+    ``engine`` is ``docker``, ``podman`` or ``auto`` (whichever is usable, chosen when the build
+    runs; the command lines then default to docker's). Podman builds in Docker's image format
+    (its OCI default drops ``HEALTHCHECK``) and saves a ``docker-archive``, which UbiOps takes.
+    """
 
     context: Path
     base_image: str
     output: Path
     tag: str
     build_args: tuple[tuple[str, str], ...]
+    engine: str = "auto"
+    ca_bundle: Path | None = None
 
-    def build_command(self) -> list[str]:
-        """The ``docker build`` command line."""
-        command = ["docker", "build", "--tag", self.tag]
-        for name, value in self.build_args:
-            command += ["--build-arg", f"{name}={value}"]
+    def build_command(self, engine: str | None = None) -> list[str]:
+        """The ``build`` command line of ``engine`` (default: :attr:`engine`, docker for auto)."""
+        name = self._engine(engine)
+        command = [name, "build"]
+        if name == "podman":
+            command += ["--format", "docker"]
+        command += ["--tag", self.tag]
+        if self.ca_bundle is not None:
+            command += ["--secret", f"id={CA_BUNDLE_SECRET_ID},src={self.ca_bundle}"]
+        for arg_name, value in self.build_args:
+            command += ["--build-arg", f"{arg_name}={value}"]
         return [*command, str(self.context)]
 
-    def save_command(self) -> list[str]:
-        """The ``docker save`` command line that writes the image archive to upload."""
-        return ["docker", "save", "--output", str(self.output), self.tag]
+    def save_command(self, engine: str | None = None) -> list[str]:
+        """The ``save`` command line that writes the image archive to upload."""
+        name = self._engine(engine)
+        archive_format = ["--format", "docker-archive"] if name == "podman" else []
+        return [name, "save", *archive_format, "--output", str(self.output), self.tag]
+
+    def _engine(self, engine: str | None) -> str:
+        name = engine or self.engine
+        return ENGINES[0] if name == "auto" else name
 
 
 @dataclass(frozen=True, slots=True)
@@ -161,6 +195,9 @@ class Plan:
             image = (
                 f"{' '.join(self.build.build_command())} && {' '.join(self.build.save_command())}"
             )
+            if self.build.engine == "auto":
+                image += " (or podman build --format docker / podman save --format docker-archive "
+                image += "when docker is not usable)"
         else:
             image = "keep the image the version (or environment) already uses"
         env = [f"{name}={value!r}" for name, value in self.plain_env.items()]
@@ -246,6 +283,23 @@ def _check_options(o: Options) -> None:
         )
     if o.bake_models and not o.build:
         raise DeployError("--bake-models needs --build")
+    for option, given in (
+        ("--engine", o.engine != "auto"),
+        ("--ca-bundle", o.ca_bundle is not None),
+        ("--build-arg", bool(o.build_args)),
+    ):
+        if given and not o.build:
+            raise DeployError(f"{option} needs --build")
+    if o.engine not in ("auto", *ENGINES):
+        raise DeployError(f"--engine must be auto, {' or '.join(ENGINES)}")
+    for arg in o.build_args:
+        arg_name, sep, _ = arg.partition("=")
+        if not sep or not _BUILD_ARG_NAME.fullmatch(arg_name):
+            raise DeployError(f"--build-arg {arg!r}: expected NAME=VALUE")
+        if arg_name in _RESERVED_BUILD_ARGS:
+            raise DeployError(
+                f"--build-arg {arg_name}: set by the command; use {_RESERVED_BUILD_ARGS[arg_name]}"
+            )
     if o.instance_processes < 1:
         raise DeployError("--instance-processes must be at least 1")
     if o.min_instances < 0 or o.max_instances < 1 or o.min_instances > o.max_instances:
@@ -266,12 +320,17 @@ def _build_spec(o: Options, plain_env: dict[str, str]) -> BuildSpec:
             ("BAKE_CHAT_MODELS", plain_env["OLLAMA_CHAT_MODELS"]),
             ("BAKE_EMBEDDING_MODELS", plain_env["OLLAMA_EMBEDDING_MODELS"]),
         ]
+    for arg in o.build_args:
+        arg_name, _, value = arg.partition("=")
+        args.append((arg_name, value))
     return BuildSpec(
         context=o.context,
         base_image=o.base_image or "",
         output=o.image_output,
         tag=f"{o.environment}:latest",
         build_args=tuple(args),
+        engine=o.engine,
+        ca_bundle=o.ca_bundle,
     )
 
 

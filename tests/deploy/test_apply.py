@@ -4,9 +4,6 @@ from __future__ import annotations
 
 import io
 import logging
-import os
-import stat
-import sys
 import zipfile
 from pathlib import Path
 
@@ -471,81 +468,3 @@ def test_service_is_created_with_authentication_and_a_readiness_check(
 def test_a_named_service(deploy: Runner, fake: FakeUbiOps, image: Path) -> None:
     assert deploy("--image", str(image), "--service", "llm-proxy").code == 0
     assert "llm-proxy" in fake.state.services
-
-
-# -- building the image ------------------------------------------------------------------------
-
-
-def test_build_without_docker_is_a_clear_error(
-    deploy: Runner, fake: FakeUbiOps, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setenv("PATH", str(tmp_path / "empty"))
-
-    result = deploy("--build", "--base-image", "registry/ubiops-base:1")
-
-    assert result.code == 1
-    assert result.err.startswith("error: --build needs docker, which is not installed here")
-
-
-def test_build_with_a_stopped_docker_daemon_is_a_clear_error(
-    deploy: Runner, fake: FakeUbiOps, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    _fake_docker(tmp_path, monkeypatch, daemon=False)
-
-    result = deploy("--build", "--base-image", "registry/ubiops-base:1")
-
-    assert result.code == 1
-    assert "needs a running docker daemon: Cannot connect to the Docker daemon" in result.err
-    assert fake.mutations() == [], "nothing is changed when the image cannot be built"
-
-
-def test_build_runs_docker_build_and_save_and_uploads_the_result(
-    deploy: Runner, fake: FakeUbiOps, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    log = _fake_docker(tmp_path, monkeypatch, daemon=True)
-
-    result = deploy(
-        "--build",
-        "--base-image",
-        "registry/ubiops-base:1",
-        "--bake-models",
-        "--image-output",
-        str(tmp_path / "out" / "image.tar"),
-    )
-
-    assert result.code == 0, result.err
-    commands = log.read_text().splitlines()
-    build = next(c for c in commands if c.startswith("build"))
-    assert "--build-arg BASE_IMAGE=registry/ubiops-base:1" in build
-    assert "--build-arg BAKE_CHAT_MODELS=smollm2" in build
-    assert "--build-arg BAKE_EMBEDDING_MODELS=all-minilm:l6-v2" in build
-    assert any(c.startswith("save --output") for c in commands)
-    assert ("ollama-env", TAG) in fake.state.tags
-
-
-def _fake_docker(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, *, daemon: bool) -> Path:
-    """A `docker` executable that logs its arguments and writes a minimal `docker save`."""
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
-    log = tmp_path / "docker.log"
-    script = bin_dir / "docker"
-    script.write_text(
-        f"#!{sys.executable}\n"
-        "import io, json, sys, tarfile\n"
-        "args = sys.argv[1:]\n"
-        f"open({str(log)!r}, 'a').write(' '.join(args) + '\\n')\n"
-        "if args[0] == 'info':\n"
-        f"    if not {daemon}:\n"
-        "        print('Cannot connect to the Docker daemon at unix:///var/run/docker.sock',"
-        " file=sys.stderr)\n"
-        "        sys.exit(1)\n"
-        "    print('28.2.2')\n"
-        "elif args[0] == 'save':\n"
-        f"    data = json.dumps([{{'Config': 'blobs/sha256/{IMAGE_ID}'}}]).encode()\n"
-        "    with tarfile.open(args[2], 'w') as tar:\n"
-        "        info = tarfile.TarInfo('manifest.json'); info.size = len(data)\n"
-        "        tar.addfile(info, io.BytesIO(data))\n"
-    )
-    script.chmod(script.stat().st_mode | stat.S_IXUSR)
-    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
-    return log
