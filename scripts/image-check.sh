@@ -645,8 +645,8 @@ with open(archive, "rb") as handle, mmap.mmap(handle.fileno(), 0, access=mmap.AC
     found = [line[:16] for line in extra if data.find(line.encode()) >= 0]
 assert not found, f"build CA certificates found in the archive: {found}"
 print(
-    f"image-check:    ok: image id {image_id[:12]} (deploy.sh tag img-{identity[:12]}), "
-    f"HEALTHCHECK and user deployment in its config, {len(extra)} build-only CA certificate(s) "
+    f"image-check:    ok: image id {image_id[:12]}, as deploy.sh reads it from the archive; "
+    f"HEALTHCHECK and user deployment in its config; {len(extra)} build-only CA certificate(s) "
     "in no layer"
 )
 PY
