@@ -32,10 +32,11 @@ from typing import Any
 
 from aiohttp import web
 
-from proxy.app import METRICS, create_app
+from proxy.app import create_app
+from proxy.appkeys import METRICS
 from proxy.config import Settings
 from proxy.logs import configure_logging, get_logger
-from proxy.ollama_process import resolve_executable
+from proxy.ollama import resolve_executable
 from proxy.state import InstanceState, ModelStatus
 from proxy.supervisor import Supervisor
 
@@ -47,7 +48,6 @@ EXIT_FAILURE = 1
 _MIN_DRAIN_TIMEOUT = 0.001
 """aiohttp reads a shutdown timeout of 0 as "no timeout": the smallest real one (seconds)."""
 
-# Lazy: resolved at first use, so it follows configure_logging() and capture_logs().
 log = get_logger(__name__)
 
 

@@ -1,7 +1,7 @@
 """Supervise ``ollama serve``: spawn → readiness → pulls → warm-up → watch → restart.
 
 :class:`Supervisor` is the one owner of the Ollama status in :class:`~proxy.state.InstanceState`
-and of the child process. Its policy:
+and of the child process (a :class:`~proxy.children.ChildProcess`). Its policy:
 
 * The child exits (or never answers) before it is ready: report the exit status and the last
   stderr lines, try again with backoff, up to ``OLLAMA_START_ATTEMPTS`` starts in a row. Then
@@ -22,65 +22,43 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import signal
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
-from types import TracebackType
 
 import aiohttp
 from aiohttp import web
 from tenacity.wait import wait_base
 
-from proxy.config import ConfigError, Settings
+from proxy.children import Backoff, ChildProcess
+from proxy.config import Settings
 from proxy.logs import get_logger
-from proxy.ollama_process import OllamaProcess
-from proxy.pulls import ModelPreparer, PullObserver
-from proxy.readiness import OllamaStartError, wait_until_ready
+from proxy.ollama import OllamaStartError, ollama_child, resolve_executable, wait_until_ready
+from proxy.preparer import ModelPreparer, PullObserver
 from proxy.state import InstanceState, ModelStatus, OllamaStatus
 
-__all__ = [
-    "CHILD_STOP_GRACE",
-    "STABLE_AFTER",
-    "Backoff",
-    "OllamaFatalError",
-    "Supervisor",
-]
+__all__ = ["CHILD_STOP_GRACE", "OllamaFatalError", "Supervisor"]
 
 CHILD_STOP_GRACE = 5.0
 """After SIGTERM, how long ``ollama serve`` may take to exit before SIGKILL (seconds)."""
 
-STABLE_AFTER = 60.0
-"""A child that stayed up this long resets the restart backoff (seconds)."""
-
-# Lazy: resolved at first use, so it follows configure_logging() and capture_logs().
-log = get_logger(__name__)
-
-
-@dataclass(frozen=True, slots=True)
-class Backoff:
-    """Delays that double from ``initial`` up to ``maximum`` (seconds)."""
-
-    initial: float
-    maximum: float
-
-    def delay(self, failures: int) -> float:
-        """The delay after the ``failures``-th failure in a row (1-based)."""
-        return float(min(self.initial * 2.0 ** max(failures - 1, 0), self.maximum))
-
-
 START_BACKOFF = Backoff(initial=0.5, maximum=10.0)
+"""Delays between failed starts in a row."""
+
 RESTART_BACKOFF = Backoff(initial=0.25, maximum=30.0)
+"""Delays between crashes of a child that was up (reset after it stayed up a minute)."""
+
+log = get_logger(__name__)
 
 
 class OllamaFatalError(Exception):
     """``ollama serve`` could not be started; the supervisor halted instead of respawning."""
 
-    def __init__(self, reason: str, attempts: int, cause: OllamaStartError | None = None) -> None:
+    def __init__(self, reason: str, attempts: int) -> None:
         super().__init__(reason)
         self.reason = reason
         self.attempts = attempts
-        self.cause = cause
 
 
 class Supervisor:
@@ -110,13 +88,14 @@ class Supervisor:
         self._on_pull = on_pull
         self._executable = executable
         self._warm = settings.preload_models if warm is None else warm
-        self._start_backoff = start_backoff
-        self._restart_backoff = restart_backoff
+        # Copies: a backoff counts failures, and each supervisor counts its own.
+        self._start_backoff = dataclasses.replace(start_backoff)
+        self._restart_backoff = dataclasses.replace(restart_backoff)
         self._stop_grace = stop_grace
         self._pull_wait = pull_wait
         self._pull_sleep = pull_sleep
         self._clock = clock
-        self._process: OllamaProcess | None = None
+        self._child: ChildProcess | None = None
         self._session: aiohttp.ClientSession | None = None
         self._task: asyncio.Task[None] | None = None
         self._stopping = asyncio.Event()
@@ -130,9 +109,9 @@ class Supervisor:
         return self._settings
 
     @property
-    def process(self) -> OllamaProcess | None:
-        """The current child (None before the first spawn)."""
-        return self._process
+    def child(self) -> ChildProcess | None:
+        """The current ``ollama serve`` child (None before the first spawn)."""
+        return self._child
 
     @property
     def fatal(self) -> OllamaFatalError | None:
@@ -166,8 +145,8 @@ class Supervisor:
                 self._task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await self._task
-            if self._process is not None:
-                await self._process.stop(self._stop_grace)
+            if self._child is not None:
+                await self._child.stop(self._stop_grace)
                 if self._fatal is None:
                     self._state.set_ollama(OllamaStatus.STOPPED)
             if self._session is not None:
@@ -178,8 +157,8 @@ class Supervisor:
 
     def kill_now(self) -> None:
         """SIGKILL the child's process group at once (synchronous; for a forced exit)."""
-        if self._process is not None:
-            self._process.signal_group(signal.SIGKILL)
+        if self._child is not None:
+            self._child.signal_group(signal.SIGKILL)
 
     async def wait_settled(self) -> None:
         """Block until one pass over the models has finished (each present, ready or failed),
@@ -191,12 +170,7 @@ class Supervisor:
         await self.start()
         return self
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    async def __aexit__(self, *_exc: object) -> None:
         await self.stop()
 
     async def cleanup_ctx(self, _app: web.Application) -> AsyncIterator[None]:
@@ -220,99 +194,96 @@ class Supervisor:
 
     async def _supervise(self) -> None:
         attempts = self._settings.ollama_start_attempts
-        start_failures = 0
-        crashes = 0
         restarting = False
         while not self._stopping.is_set():
-            process = OllamaProcess(self._settings, executable=self._executable)
-            self._process = process
             started = self._clock()
             try:
-                version = await self._start(process)
+                child, version = await self._start()
             except OllamaStartError as exc:
-                await process.stop(self._stop_grace)
-                start_failures += 1
+                failures = self._start_backoff.failures + 1
                 log.error(
                     "ollama failed to start",
                     error=exc.message,
-                    attempt=start_failures,
+                    attempt=failures,
                     attempts=attempts,
                     stderr_tail=list(exc.stderr_tail),
                 )
-                if start_failures >= attempts:
-                    self._halt(
-                        OllamaFatalError(
-                            f"{exc.describe()} (gave up after {start_failures} "
-                            f"attempt{'s' if start_failures > 1 else ''})",
-                            start_failures,
-                            exc,
-                        )
-                    )
+                if failures >= attempts:
+                    plural = "s" if failures > 1 else ""
+                    reason = f"{exc.describe()} (gave up after {failures} attempt{plural})"
+                    self._halt(OllamaFatalError(reason, failures))
                     return
-                delay = self._start_backoff.delay(start_failures)
-                status = OllamaStatus.RESTARTING if restarting else OllamaStatus.STARTING
+                delay = self._start_backoff.next_delay()
                 self._state.set_ollama(
-                    status,
-                    f"{exc.describe()} (attempt {start_failures} of {attempts}; "
-                    f"retrying in {delay:g}s)",
+                    OllamaStatus.RESTARTING if restarting else OllamaStatus.STARTING,
+                    f"{exc.describe()} (attempt {failures} of {attempts}; retrying in {delay:g}s)",
                 )
                 await self._pause(delay)
                 continue
-            start_failures = 0
+            self._start_backoff.reset()
             log.info(
                 "ollama ready",
                 version=version,
-                pid=process.pid,
+                pid=child.pid,
                 seconds=round(self._clock() - started, 3),
             )
             self._state.set_ollama(OllamaStatus.UP)
-            returncode = await self._serve(process)
+            returncode = await self._serve(child)
             if returncode is None:  # stopping
                 return
             # The child died after it was ready.
-            await process.drain()
-            await process.stop(self._stop_grace)  # reaps, and kills runners it left behind
+            await child.drain()
+            await child.stop(self._stop_grace)  # reaps, and kills runners it left behind
             uptime = self._clock() - started
-            crashes = crashes + 1 if uptime < STABLE_AFTER else 1
-            delay = self._restart_backoff.delay(crashes)
+            delay = self._restart_backoff.next_delay(uptime)
             log.error(
                 "ollama exited unexpectedly",
-                pid=process.pid,
+                pid=child.pid,
                 returncode=returncode,
-                how=process.describe_exit(),
+                how=child.describe_exit(),
                 uptime=round(uptime, 3),
                 restart_in=delay,
-                stderr_tail=list(process.stderr_tail),
+                stderr_tail=list(child.stderr_tail),
             )
             self._settled.clear()
             self._state.set_ollama(
                 OllamaStatus.RESTARTING,
-                f"ollama serve {process.describe_exit()}; restarting in {delay:g}s",
+                f"ollama serve {child.describe_exit()}; restarting in {delay:g}s",
             )
             for tag in self._state.models:
                 self._state.set_model(tag, ModelStatus.PENDING, reason="waiting for Ollama")
             restarting = True
             await self._pause(delay)
 
-    async def _start(self, process: OllamaProcess) -> str:
+    async def _start(self) -> tuple[ChildProcess, str]:
+        """Spawn a child and wait until it answers; the child and Ollama's version.
+
+        Raises:
+            OllamaStartError: it could not be run, exited, or never answered (it is stopped).
+        """
         assert self._session is not None
         try:
-            await process.start()
-        except ConfigError as exc:
-            raise OllamaStartError(f"could not run ollama: {exc}") from exc
-        except OSError as exc:
+            executable = self._executable or resolve_executable(self._settings.ollama_bin)
+            child = self._child = ollama_child(self._settings, executable)
+            await child.start()
+        except (OSError, ValueError) as exc:  # ConfigError is a ValueError
             raise OllamaStartError(f"could not run {self._settings.ollama_bin!r}: {exc}") from exc
-        return await wait_until_ready(
-            self._session,
-            process,
-            self._settings.ollama_url,
-            start_timeout=self._settings.ollama_start_timeout,
-        )
+        try:
+            version = await wait_until_ready(
+                self._session,
+                child,
+                self._settings.ollama_url,
+                start_timeout=self._settings.ollama_start_timeout,
+            )
+        except OllamaStartError:
+            await child.stop(self._stop_grace)
+            raise
+        return child, version
 
-    async def _serve(self, process: OllamaProcess) -> int | None:
+    async def _serve(self, child: ChildProcess) -> int | None:
         """Prepare the models while watching the child; its exit status, or None on stop."""
         prepare = asyncio.create_task(self._prepare(), name="ollama-models")
-        exited = asyncio.ensure_future(process.wait())
+        exited = asyncio.ensure_future(child.wait())
         stopping = asyncio.ensure_future(self._stopping.wait())
         try:
             await asyncio.wait({exited, stopping}, return_when=asyncio.FIRST_COMPLETED)
@@ -320,7 +291,7 @@ class Supervisor:
             for task in (prepare, exited, stopping):
                 task.cancel()
             await asyncio.gather(prepare, exited, stopping, return_exceptions=True)
-        return None if self._stopping.is_set() else process.returncode
+        return None if self._stopping.is_set() else child.returncode
 
     async def _prepare(self) -> None:
         assert self._session is not None

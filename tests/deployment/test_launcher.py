@@ -12,13 +12,15 @@ from pathlib import Path
 import psutil
 import pytest
 
+from proxy.children import Backoff
 from proxy.config import Settings
 from proxy.launcher import LauncherError, ProxyLauncher
-from tests.deployment.conftest import wait_until
+from proxy.testing.harness import wait_until
 
 START_TIMEOUT = 10.0
 RESTART_TIMEOUT = 10.0
 
+FAST = Backoff(initial=0.05, maximum=1.0)
 SLEEPER = [sys.executable, "-c", "import time; time.sleep(120)"]
 
 
@@ -30,7 +32,7 @@ def _gone(pid: int) -> bool:
 
 
 def test_child_killed_is_restarted_then_stopped() -> None:
-    launcher = ProxyLauncher(Settings(), command=SLEEPER, backoff_initial=0.05)
+    launcher = ProxyLauncher(Settings(), command=SLEEPER, backoff=FAST)
     launcher.start()
     try:
         first = launcher.pid
@@ -48,7 +50,7 @@ def test_child_killed_is_restarted_then_stopped() -> None:
 
 def test_configuration_error_exit_is_not_restarted() -> None:
     command = [sys.executable, "-c", "raise SystemExit(2)"]
-    launcher = ProxyLauncher(Settings(), command=command, backoff_initial=0.05)
+    launcher = ProxyLauncher(Settings(), command=command, backoff=FAST)
     launcher.start()
     try:
         wait_until(lambda: launcher.failure is not None, START_TIMEOUT, "the launcher to give up")
@@ -82,7 +84,7 @@ def test_stop_kills_a_child_ignoring_sigterm_and_its_group(tmp_path: Path) -> No
     wait_until(lambda: pids.exists() and pids.read_text(), START_TIMEOUT, "the grandchild")
     child, grandchild = launcher.pid, int(pids.read_text())
     assert child is not None
-    launcher.stop(timeout=0.5)
+    launcher.stop()  # SHUTDOWN_GRACE=0 plus the margin for Ollama's own stop
     wait_until(lambda: _gone(child) and _gone(grandchild), START_TIMEOUT, "no orphans")
 
 

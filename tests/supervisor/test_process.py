@@ -1,4 +1,5 @@
-"""The ``ollama serve`` child on its own: environment, output relay, exit notice, group stop.
+"""The child-process toolkit and the ``ollama serve`` child built on it: environment, output
+relay, exit notice, group stop, guarded states, backoff.
 
 These use small shell scripts as OLLAMA_BIN, so each behaviour is exact and fast.
 """
@@ -16,17 +17,19 @@ import aiohttp
 import pytest
 from structlog.testing import capture_logs
 
+from proxy.children import Backoff, ChildProcess, ChildState, InvalidTransition, describe_returncode
 from proxy.config import ConfigError, Settings
-from proxy.ollama_process import (
-    OllamaProcess,
+from proxy.ollama import (
+    OllamaExitedError,
+    OllamaStartTimeoutError,
     build_child_env,
-    describe_returncode,
+    ollama_child,
     resolve_executable,
+    wait_until_ready,
 )
-from proxy.readiness import OllamaExitedError, OllamaStartTimeoutError, wait_until_ready
-from proxy.testing.net import free_port
+from proxy.testing.harness import free_port
 
-from .helpers import EXIT_TIMEOUT, alive, async_wait_until, wait_for
+from .helpers import EXIT_TIMEOUT, alive, await_until, wait_for
 
 STOP_GRACE = 2.0
 """Grace given to scripted children that obey SIGTERM (seconds)."""
@@ -84,7 +87,7 @@ async def test_output_is_relayed_as_ollama_events_and_stderr_tail_kept(tmp_path:
         "printf 'no newline at the end' >&2\n"
         "exit 3\n",
     )
-    process = OllamaProcess(settings(), executable=exe)
+    process = ollama_child(settings(), exe)
     with capture_logs() as logs:
         await process.start()
         assert await wait_for(process.wait(), EXIT_TIMEOUT, "the script to exit") == 3
@@ -104,7 +107,7 @@ async def test_output_is_relayed_as_ollama_events_and_stderr_tail_kept(tmp_path:
 async def test_exit_is_noticed_even_when_a_grandchild_holds_the_pipes(tmp_path: Path) -> None:
     pid_file = tmp_path / "grandchild.pid"
     exe = script(tmp_path, f"sleep 60 &\necho $! > {pid_file}\nexit 7\n")
-    process = OllamaProcess(settings(), executable=exe)
+    process = ollama_child(settings(), exe)
     await process.start()
     started = time.monotonic()
     assert await wait_for(process.wait(), EXIT_TIMEOUT, "the exit notice") == 7
@@ -112,7 +115,7 @@ async def test_exit_is_noticed_even_when_a_grandchild_holds_the_pipes(tmp_path: 
     grandchild = int(pid_file.read_text())
     assert alive(grandchild)
     await process.stop(STOP_GRACE)  # the group is killed: no runner outlives Ollama
-    await async_wait_until(lambda: not alive(grandchild), EXIT_TIMEOUT, "the grandchild to die")
+    await await_until(lambda: not alive(grandchild), EXIT_TIMEOUT, "the grandchild to die")
 
 
 async def test_stop_terms_then_kills_the_whole_group(tmp_path: Path) -> None:
@@ -123,21 +126,21 @@ async def test_stop_terms_then_kills_the_whole_group(tmp_path: Path) -> None:
         f"trap '' TERM\nsleep 60 &\necho $! > {pid_file}\necho ready >&2\n"
         "while true; do sleep 0.05; done\n",
     )
-    process = OllamaProcess(settings(), executable=exe)
+    process = ollama_child(settings(), exe)
     await process.start()
-    await async_wait_until(lambda: process.stderr_tail, EXIT_TIMEOUT, "the script to start")
+    await await_until(lambda: process.stderr_tail, EXIT_TIMEOUT, "the script to start")
     grandchild = int(pid_file.read_text())
     started = time.monotonic()
     code = await wait_for(process.stop(0.3), EXIT_TIMEOUT, "the stop")
     assert code == -signal.SIGKILL
     assert 0.3 <= time.monotonic() - started < EXIT_TIMEOUT
-    await async_wait_until(lambda: not alive(grandchild), EXIT_TIMEOUT, "the grandchild to die")
+    await await_until(lambda: not alive(grandchild), EXIT_TIMEOUT, "the grandchild to die")
     assert await process.stop(0.3) == code  # idempotent
 
 
 async def test_the_child_has_its_own_session_and_a_parent_death_signal(tmp_path: Path) -> None:
     exe = script(tmp_path, "sleep 60\n")
-    process = OllamaProcess(settings(), executable=exe)
+    process = ollama_child(settings(), exe)
     await process.start()
     try:
         assert process.pid is not None
@@ -150,7 +153,7 @@ async def test_the_child_has_its_own_session_and_a_parent_death_signal(tmp_path:
 async def test_readiness_reports_an_early_exit_with_status_and_stderr(tmp_path: Path) -> None:
     exe = script(tmp_path, 'echo "Error: listen tcp: address already in use" >&2\nexit 1\n')
     s = settings()
-    process = OllamaProcess(s, executable=exe)
+    process = ollama_child(s, exe)
     await process.start()
     async with aiohttp.ClientSession() as session:
         with pytest.raises(OllamaExitedError) as caught:
@@ -164,7 +167,7 @@ async def test_readiness_reports_an_early_exit_with_status_and_stderr(tmp_path: 
 async def test_readiness_times_out_clearly(tmp_path: Path) -> None:
     exe = script(tmp_path, "echo starting >&2\nsleep 60\n")
     s = settings()
-    process = OllamaProcess(s, executable=exe)
+    process = ollama_child(s, exe)
     await process.start()
     async with aiohttp.ClientSession() as session:
         with pytest.raises(OllamaStartTimeoutError, match=r"OLLAMA_START_TIMEOUT=0\.3s"):
@@ -174,7 +177,7 @@ async def test_readiness_times_out_clearly(tmp_path: Path) -> None:
 
 async def test_a_cancelled_stop_still_completes(tmp_path: Path) -> None:
     exe = script(tmp_path, "trap 'sleep 0.3; exit 0' TERM\nwhile true; do sleep 0.05; done\n")
-    process = OllamaProcess(settings(), executable=exe)
+    process = ollama_child(settings(), exe)
     await process.start()
     first = asyncio.ensure_future(process.stop(STOP_GRACE))
     await asyncio.sleep(0)
@@ -182,3 +185,33 @@ async def test_a_cancelled_stop_still_completes(tmp_path: Path) -> None:
     assert await wait_for(process.stop(STOP_GRACE), EXIT_TIMEOUT, "the stop") is not None
     assert process.pid is not None
     assert not alive(process.pid)
+
+
+async def test_states_move_one_way_and_a_second_start_is_a_bug(tmp_path: Path) -> None:
+    child = ChildProcess([script(tmp_path, "sleep 60\n")], env={}, name="test")
+    assert child.state is ChildState.NEW
+    assert await child.stop(STOP_GRACE) is None  # never started: nothing to do
+    await child.start()
+    assert child.state is ChildState.RUNNING
+    with pytest.raises(InvalidTransition, match="from running to running"):
+        await child.start()
+    await child.stop(STOP_GRACE)
+    assert child.state is ChildState.EXITED
+    with pytest.raises(InvalidTransition, match="from exited to running"):
+        await child.start()
+
+
+async def test_a_child_that_exits_by_itself_is_exited(tmp_path: Path) -> None:
+    child = ChildProcess([script(tmp_path, "exit 4\n")], env={}, name="test")
+    await child.start()
+    assert await wait_for(child.wait(), EXIT_TIMEOUT, "the exit") == 4
+    assert child.state is ChildState.EXITED
+    assert await child.stop(STOP_GRACE) == 4
+
+
+def test_backoff_doubles_to_its_cap_and_resets_after_a_stable_run() -> None:
+    backoff = Backoff(initial=0.5, maximum=2.0, stable_after=60.0)
+    assert [backoff.next_delay(1.0) for _ in range(4)] == [0.5, 1.0, 2.0, 2.0]
+    assert backoff.next_delay(uptime=61.0) == 0.5
+    backoff.reset()
+    assert backoff.next_delay() == 0.5

@@ -14,13 +14,8 @@ from aiohttp.test_utils import TestServer
 from structlog.testing import capture_logs
 
 from proxy.catalog import Catalog
-from proxy.pulls import (
-    ModelPreparer,
-    PermanentPullError,
-    TransientPullError,
-    list_present,
-    pull_model,
-)
+from proxy.preparer import ModelPreparer, list_present
+from proxy.pulls import PermanentPullError, TransientPullError, pull_model
 from proxy.state import InstanceState, ModelStatus, Phase
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
