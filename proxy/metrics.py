@@ -141,7 +141,9 @@ class _LiveCollector(Collector):
             self._state.ollama_restarts,
         )
         yield GaugeMetricFamily(
-            "proxy_ready", "1 when the instance is ready to serve.", int(self._state.is_ready)
+            "proxy_ready",
+            "1 when the instance takes requests (/readyz answers 200).",
+            int(self._state.serving),
         )
         servable = GaugeMetricFamily(
             "proxy_model_servable", "1 when requests for the model can be served.", labels=["model"]

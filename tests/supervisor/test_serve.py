@@ -14,12 +14,12 @@ from typing import Any
 import psutil
 import pytest
 
+from proxy.testing.services import ProxyProcess
+
 from .helpers import (
     EXIT_TIMEOUT,
     HTTP_TIMEOUT,
     READY_TIMEOUT,
-    Instance,
-    Proxy,
     alive,
     run_cli,
     sims_using,
@@ -28,17 +28,15 @@ from .helpers import (
 
 pytestmark = pytest.mark.slow
 
-StartProxy = Callable[..., Proxy]
+StartProxy = Callable[..., ProxyProcess]
 
 STREAM_TOKENS = 10
 TOKEN_DELAY = 0.1
 """A streamed generation then lasts about STREAM_TOKENS x TOKEN_DELAY seconds."""
 
 
-def ollama_pid(proxy: Proxy) -> int:
-    pids = wait_until(proxy.ollama_pids, READY_TIMEOUT, "the ollama child")
-    assert len(pids) == 1, pids
-    return int(pids[0])
+def ollama_pid(proxy: ProxyProcess) -> int:
+    return int(proxy.wait_ollama(READY_TIMEOUT).pid)
 
 
 def test_serve_relays_ollama_logs_and_sigterm_exits_0_without_leftovers(
@@ -49,7 +47,7 @@ def test_serve_relays_ollama_logs_and_sigterm_exits_0_without_leftovers(
     assert body["status"] == "ready"
     assert set(body["models"]) == {"smollm2:135m", "all-minilm:latest"}
     child = ollama_pid(proxy)
-    proxy.send(signal.SIGTERM)
+    proxy.send_signal(signal.SIGTERM)
     assert proxy.wait_exit() == 0
     assert not alive(child)
     events = proxy.events()
@@ -67,7 +65,7 @@ def test_sigterm_lets_in_flight_requests_finish(start_proxy: StartProxy) -> None
     )
     proxy.wait_ready()
     child = ollama_pid(proxy)
-    connection = http.client.HTTPConnection("127.0.0.1", proxy.instance.proxy_port, timeout=30)
+    connection = http.client.HTTPConnection("127.0.0.1", proxy.port, timeout=30)
     connection.request(
         "POST",
         "/api/generate",
@@ -78,8 +76,8 @@ def test_sigterm_lets_in_flight_requests_finish(start_proxy: StartProxy) -> None
     assert response.status == 200
     first = json.loads(response.readline())
     assert first["done"] is False
-    proxy.send(signal.SIGTERM)
-    wait_until(lambda: proxy.instance.readyz()[0] != 200, EXIT_TIMEOUT, "/readyz to stop")
+    proxy.send_signal(signal.SIGTERM)
+    wait_until(lambda: proxy.get("/readyz")[0] != 200, EXIT_TIMEOUT, "/readyz to stop")
     chunks = [json.loads(line) for line in response.read().splitlines() if line.strip()]
     assert chunks[-1]["done"] is True
     assert len(chunks) + 1 >= STREAM_TOKENS
@@ -94,7 +92,7 @@ def test_a_second_signal_forces_the_exit(start_proxy: StartProxy) -> None:
     done = threading.Event()
 
     def hold_a_request() -> None:
-        connection = http.client.HTTPConnection("127.0.0.1", proxy.instance.proxy_port, timeout=30)
+        connection = http.client.HTTPConnection("127.0.0.1", proxy.port, timeout=30)
         try:
             body = json.dumps({"model": "smollm2:135m", "prompt": "hi"})
             connection.request("POST", "/api/generate", body=body)
@@ -109,10 +107,10 @@ def test_a_second_signal_forces_the_exit(start_proxy: StartProxy) -> None:
 
     threading.Thread(target=hold_a_request, daemon=True).start()
     assert done.wait(READY_TIMEOUT)
-    proxy.send(signal.SIGTERM)
-    wait_until(lambda: proxy.instance.readyz()[0] != 200, EXIT_TIMEOUT, "the drain to start")
+    proxy.send_signal(signal.SIGTERM)
+    wait_until(lambda: proxy.get("/readyz")[0] != 200, EXIT_TIMEOUT, "the drain to start")
     started = time.monotonic()
-    proxy.send(signal.SIGTERM)
+    proxy.send_signal(signal.SIGTERM)
     assert proxy.wait_exit() == 128 + signal.SIGTERM
     assert time.monotonic() - started < EXIT_TIMEOUT / 3
     wait_until(lambda: not alive(child), EXIT_TIMEOUT, "the ollama child to die")
@@ -122,18 +120,18 @@ def test_sigkill_of_the_proxy_leaves_no_orphan(start_proxy: StartProxy) -> None:
     proxy = start_proxy("serve")
     proxy.wait_ready()
     child = ollama_pid(proxy)
-    proxy.send(signal.SIGKILL)
+    proxy.send_signal(signal.SIGKILL)
     proxy.wait_exit()
     wait_until(lambda: not alive(child), EXIT_TIMEOUT, f"ollama-sim {child} to die")
-    assert not sims_using(proxy.instance.models_dir)
+    assert not sims_using(proxy.models_dir)
 
 
 def test_start_failure_keeps_serving_readyz_with_the_reason(start_proxy: StartProxy) -> None:
     proxy = start_proxy("serve", SIM_EXIT_AT_START="3", OLLAMA_START_ATTEMPTS="2")
 
     def failed() -> Any:
-        proxy.assert_running()
-        status, body = proxy.instance.readyz()
+        proxy.check_running()
+        status, body = proxy.get("/readyz")
         return (status, body) if status and body["ollama"]["state"] == "failed" else None
 
     status, body = wait_until(failed, READY_TIMEOUT, "ollama to be marked failed")
@@ -144,10 +142,12 @@ def test_start_failure_keeps_serving_readyz_with_the_reason(start_proxy: StartPr
     assert "gave up after 2 attempts" in reason
     starts = [e for e in proxy.events() if e["event"] == "ollama started"]
     assert len(starts) == 2
-    proxy.assert_running()  # it keeps serving, so that operators can see why
-    check = run_cli("check", env=proxy.instance.env)
+    proxy.check_running()  # it keeps serving, so that operators can see why
+    check = run_cli("check", env=proxy.env)
     assert check.returncode == 1
-    assert check.stdout.startswith("not ready (HTTP 503): degraded; ollama failed (ollama serve")
+    assert check.stdout.startswith(
+        "not ready (degraded): Ollama is failed: ollama serve exited with status 3"
+    )
     assert len(check.stdout.splitlines()) == 1
 
 
@@ -157,8 +157,8 @@ def test_unknown_model_fails_fast_while_the_others_become_ready(
     proxy = start_proxy("serve", OLLAMA_CHAT_MODELS="smollm2:135m,doesnotexist")
 
     def settled() -> Any:
-        proxy.assert_running()
-        status, body = proxy.instance.readyz()
+        proxy.check_running()
+        status, body = proxy.get("/readyz")
         if not status:
             return None
         states = {m["state"] for m in body["models"].values()}
@@ -173,11 +173,11 @@ def test_unknown_model_fails_fast_while_the_others_become_ready(
     }
     assert body["models"]["smollm2:135m"]["state"] == "ready"
     assert body["models"]["all-minilm:latest"]["state"] == "ready"
-    missing = [p for p in proxy.instance.pulls() if p["model"] == "doesnotexist:latest"]
+    missing = [p for p in proxy.pulls() if p["model"] == "doesnotexist:latest"]
     assert len(missing) == 1  # no retry
 
 
-def test_baked_models_are_not_pulled_again(instance: Instance, start_proxy: StartProxy) -> None:
+def test_baked_models_are_not_pulled_again(instance: ProxyProcess, start_proxy: StartProxy) -> None:
     baked = run_cli("pull", env=instance.env)
     assert baked.returncode == 0, baked.stderr
     pulls = instance.pulls()
@@ -192,7 +192,7 @@ def test_baked_models_are_not_pulled_again(instance: Instance, start_proxy: Star
     assert "model present" in [e["event"] for e in proxy.events()]
 
 
-def test_pull_fails_when_a_model_is_missing(instance: Instance) -> None:
+def test_pull_fails_when_a_model_is_missing(instance: ProxyProcess) -> None:
     result = run_cli("pull", env={**instance.env, "OLLAMA_CHAT_MODELS": "doesnotexist"})
     assert result.returncode == 1
     assert "file does not exist" in result.stderr
@@ -202,20 +202,20 @@ def test_pull_fails_when_a_model_is_missing(instance: Instance) -> None:
 def test_crash_after_ready_goes_503_then_back_to_200(start_proxy: StartProxy) -> None:
     proxy = start_proxy("serve")
     proxy.wait_ready()
-    pulls = proxy.instance.pulls()
+    pulls = proxy.pulls()
     child = ollama_pid(proxy)
     psutil.Process(child).kill()
     _, body = wait_until(
-        lambda: (r := proxy.instance.readyz())[0] == 503 and r, EXIT_TIMEOUT, "/readyz 503"
+        lambda: (r := proxy.get("/readyz"))[0] == 503 and r, EXIT_TIMEOUT, "/readyz 503"
     )
     assert body["ollama"]["state"] in {"restarting", "starting", "up"}
     body = proxy.wait_ready()
     assert body["ollama"]["restarts"] == 1
     assert ollama_pid(proxy) != child
-    assert proxy.instance.pulls() == pulls  # nothing downloaded again
+    assert proxy.pulls() == pulls  # nothing downloaded again
 
 
-def test_check_exit_codes(start_proxy: StartProxy, instance: Instance) -> None:
+def test_check_exit_codes(start_proxy: StartProxy, instance: ProxyProcess) -> None:
     unreachable = run_cli("check", "--timeout", "1", env=instance.env)
     assert unreachable.returncode == 1
     assert unreachable.stdout.startswith("not ready: http://127.0.0.1:")
@@ -224,7 +224,7 @@ def test_check_exit_codes(start_proxy: StartProxy, instance: Instance) -> None:
     proxy.wait_ready()
     ready = run_cli("check", env=instance.env)
     assert ready.returncode == 0
-    assert ready.stdout.strip() == "ready (HTTP 200): ready; ollama up; models 2 ready"
+    assert ready.stdout.strip() == "ready"
     by_url = run_cli("check", "--url", instance.url, "--timeout", str(HTTP_TIMEOUT), env={})
     assert by_url.returncode == 0
 
@@ -239,7 +239,7 @@ CONFIG_ERRORS = [
 
 @pytest.mark.parametrize(("command", "variable", "value", "problem"), CONFIG_ERRORS)
 def test_config_error_exits_2_with_one_line(
-    instance: Instance, command: str, variable: str, value: str, problem: str
+    instance: ProxyProcess, command: str, variable: str, value: str, problem: str
 ) -> None:
     result = run_cli(command, env={**instance.env, variable: value}, timeout=EXIT_TIMEOUT)
     assert result.returncode == 2
@@ -249,12 +249,12 @@ def test_config_error_exits_2_with_one_line(
 def test_pull_durations_reach_the_metrics(start_proxy: StartProxy) -> None:
     proxy = start_proxy("serve")
     proxy.wait_ready()
-    with urllib.request.urlopen(f"{proxy.instance.url}/metrics", timeout=5) as response:
+    with urllib.request.urlopen(f"{proxy.url}/metrics", timeout=5) as response:
         text = response.read().decode()
     for model in ("smollm2:135m", "all-minilm:latest"):
         assert (
             f'proxy_model_pull_duration_seconds_count{{model="{model}",outcome="success"}} 1.0'
             in text
         )
-    proxy.send(signal.SIGTERM)
+    proxy.send_signal(signal.SIGTERM)
     assert proxy.wait_exit() == 0

@@ -16,12 +16,14 @@ import tenacity
 from structlog.testing import capture_logs
 
 from proxy.catalog import Catalog
+from proxy.children import Backoff
 from proxy.config import Settings
 from proxy.state import InstanceState, ModelStatus, OllamaStatus, Phase
-from proxy.supervisor import Backoff, OllamaFatalError, Supervisor
-from proxy.testing.net import free_port
+from proxy.supervisor import OllamaFatalError, Supervisor
+from proxy.testing.harness import free_port
+from proxy.testing.simulator import read_pull_log
 
-from .helpers import EXIT_TIMEOUT, READY_TIMEOUT, SIM_BIN, alive, pull_log
+from .helpers import EXIT_TIMEOUT, READY_TIMEOUT, SIM_BIN, alive
 
 pytestmark = pytest.mark.slow
 
@@ -82,15 +84,15 @@ async def make_supervisor(sim_env: Path) -> AsyncIterator[MakeSupervisor]:
     yield make
     for supervisor in made:
         await supervisor.stop()
-        process = supervisor.process
-        assert process is None or process.pid is None or not alive(process.pid)
+        child = supervisor.child
+        assert child is None or child.pid is None or not alive(child.pid)
 
 
 async def wait_state(state: InstanceState, predicate: Callable[[InstanceState], bool]) -> None:
     try:
         await asyncio.wait_for(state.wait_for(predicate), READY_TIMEOUT)
     except TimeoutError:
-        pytest.fail(f"state never matched; last: {state.snapshot()}")
+        pytest.fail(f"state never matched; last: {state.readiness().as_json()}")
 
 
 async def test_slow_start_is_noticed_promptly(
@@ -100,14 +102,11 @@ async def test_slow_start_is_noticed_promptly(
     supervisor, state, _ = make_supervisor()
     version_url = f"{supervisor.settings.ollama_url}/api/version"
     up_at: list[float] = []
-    state.add_listener(
-        lambda _old, _new: (
-            up_at.append(time.monotonic())
-            if state.ollama_status is OllamaStatus.UP and not up_at
-            else None
-        )
-    )
     answered_at: list[float] = []
+
+    async def note_up() -> None:  # wakes on every state change
+        await state.wait_for(lambda s: s.ollama_status is OllamaStatus.UP)
+        up_at.append(time.monotonic())
 
     async def watch(session: aiohttp.ClientSession) -> None:  # an independent, tight poller
         while not answered_at:
@@ -122,8 +121,9 @@ async def test_slow_start_is_noticed_promptly(
     async with aiohttp.ClientSession() as session:
         await supervisor.start()
         watcher = asyncio.create_task(watch(session))
-        await wait_state(state, lambda s: s.is_ready)
-        await watcher
+        noticer = asyncio.create_task(note_up())
+        await wait_state(state, lambda s: s.phase is Phase.READY)
+        await asyncio.gather(watcher, noticer)
     assert answered_at[0] - started >= SLOW_START
     assert up_at[0] - answered_at[0] < NOTICE_CAP + NOTICE_SLACK
 
@@ -138,12 +138,12 @@ async def test_start_failure_is_retried_a_bounded_number_of_times_then_fatal(
         await wait_state(state, lambda s: s.ollama_status is OllamaStatus.FAILED)
     assert isinstance(supervisor.fatal, OllamaFatalError)
     assert sum(1 for e in logs if e["event"] == "ollama started") == 3
-    reason = state.snapshot()["ollama"]["reason"]
+    reason = state.readiness().details["ollama"]["reason"]
     assert "ollama serve exited with status 3 before it was ready" in reason
     assert "simulated start failure" in reason  # the stderr tail
     assert "gave up after 3 attempts" in reason
     assert state.phase is Phase.DEGRADED
-    assert not supervisor.process or not supervisor.process.running
+    assert not supervisor.child or supervisor.child.returncode is not None
 
 
 @pytest.mark.parametrize("mode", ["http500", "cut", "inband"])
@@ -155,8 +155,8 @@ async def test_two_failed_pulls_are_retried_then_succeed(
     supervisor, state, state_dir = make_supervisor(pull_concurrency=1)
     with capture_logs() as logs:
         await supervisor.start()
-        await wait_state(state, lambda s: s.is_ready)
-    outcomes = [(p["outcome"], p["reason"]) for p in pull_log(state_dir)]
+        await wait_state(state, lambda s: s.phase is Phase.READY)
+    outcomes = [(p["outcome"], p["reason"]) for p in read_pull_log(state_dir)]
     assert outcomes[:2] == [("failed", mode), ("failed", mode)]
     assert outcomes[2:] == [("success", None), ("success", None)]
     retries = [e for e in logs if e["event"] == "pull failed; retrying"]
@@ -172,7 +172,7 @@ async def test_unknown_model_fails_fast_and_the_others_become_ready(
     missing = state.models["doesnotexist:1b"]
     assert missing.status is ModelStatus.FAILED
     assert missing.reason == "pull failed: pull model manifest: file does not exist"
-    assert [p["reason"] for p in pull_log(state_dir) if p["model"] == "doesnotexist:1b"] == [
+    assert [p["reason"] for p in read_pull_log(state_dir) if p["model"] == "doesnotexist:1b"] == [
         "not_found"
     ]
     assert state.models["smollm2:135m"].status is ModelStatus.READY
@@ -185,19 +185,19 @@ async def test_crash_after_ready_restarts_without_downloading_again(
 ) -> None:
     supervisor, state, state_dir = make_supervisor()
     await supervisor.start()
-    await wait_state(state, lambda s: s.is_ready)
-    pulls = pull_log(state_dir)
-    first = supervisor.process
+    await wait_state(state, lambda s: s.phase is Phase.READY)
+    pulls = read_pull_log(state_dir)
+    first = supervisor.child
     assert first is not None
     assert first.pid is not None
     os.kill(first.pid, signal.SIGKILL)
     await wait_state(state, lambda s: s.ollama_status is OllamaStatus.RESTARTING)
-    assert not state.is_ready
-    assert "was killed by signal SIGKILL" in state.snapshot()["ollama"]["reason"]
-    await wait_state(state, lambda s: s.is_ready)
-    assert supervisor.process is not first
+    assert not state.serving
+    assert "was killed by signal SIGKILL" in state.readiness().details["ollama"]["reason"]
+    await wait_state(state, lambda s: s.phase is Phase.READY)
+    assert supervisor.child is not first
     assert state.ollama_restarts == 1
-    assert pull_log(state_dir) == pulls  # present models were not pulled again
+    assert read_pull_log(state_dir) == pulls  # present models were not pulled again
 
 
 async def test_stop_during_a_pull_is_prompt_and_leaves_no_child(
@@ -207,7 +207,7 @@ async def test_stop_during_a_pull_is_prompt_and_leaves_no_child(
     supervisor, state, _ = make_supervisor()
     await supervisor.start()
     await wait_state(state, lambda s: ModelStatus.PULLING in {m.status for m in s.models.values()})
-    process = supervisor.process
+    process = supervisor.child
     assert process is not None
     assert process.pid is not None
     started = time.monotonic()
@@ -223,7 +223,7 @@ async def test_no_warm_up_settles_on_present(make_supervisor: MakeSupervisor) ->
     await supervisor.start()
     await wait_for_settled(supervisor)
     assert {m.status for m in state.models.values()} == {ModelStatus.PRESENT}
-    assert state.is_ready
+    assert state.serving
 
 
 async def wait_for_settled(supervisor: Supervisor) -> None:
