@@ -1,16 +1,7 @@
 """The aiohttp application: the public face of an instance.
 
-Routes:
-
-* OpenAI: ``POST /v1/chat/completions``, ``/v1/completions``, ``/v1/embeddings``;
-  ``GET /v1/models``, ``/v1/models/{model}``.
-* Ollama: ``POST /api/chat``, ``/api/generate``, ``/api/embed``, ``/api/embeddings``,
-  ``/api/show``; ``GET /api/tags``, ``/api/ps``, ``/api/version``; ``GET|HEAD /``.
-* Management (admin key only): ``/api/pull``, ``/api/push``, ``/api/delete``, ``/api/create``,
-  ``/api/copy``, ``/api/blobs/{digest}``.
-* Operations: ``/healthz`` (liveness), ``/readyz`` (readiness), ``/metrics`` (Prometheus).
-
-The application sets two server options of its own through ``handler_args`` (they win over the
+Its routes are the table in :mod:`proxy.endpoints` (handlers in :mod:`proxy.routes`). The
+application sets two server options of its own through ``handler_args`` (they win over the
 runner's): ``handler_cancellation=True``, so a client that disconnects cancels its handler and with
 it the upstream request, and ``access_log=None``, because the request middleware writes one
 structured access-log event per request instead.
@@ -20,28 +11,17 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from proxy import routes_ollama, routes_openai
-from proxy.appkeys import EXCHANGE, GUARD, METRICS, SETTINGS, STATE, UPSTREAM
+from proxy import routes
+from proxy.appkeys import GUARD, METRICS, SETTINGS, STATE, UPSTREAM
 from proxy.config import Settings
+from proxy.endpoints import ENDPOINTS
 from proxy.limits import ConcurrencyGuard
-from proxy.metrics import CONTENT_TYPE, Metrics
+from proxy.metrics import Metrics
 from proxy.middlewares import auth_middleware, request_middleware
 from proxy.state import InstanceState
 from proxy.upstream import Upstream, upstream_context
 
-__all__ = [
-    "EXCHANGE",
-    "GUARD",
-    "METRICS",
-    "OPEN_PATHS",
-    "SETTINGS",
-    "STATE",
-    "UPSTREAM",
-    "create_app",
-]
-
-OPEN_PATHS = ("/healthz", "/readyz")
-"""Paths served without an API key (orchestrator probes)."""
+__all__ = ["create_app"]
 
 
 def create_app(
@@ -69,7 +49,7 @@ def create_app(
             auth_middleware(
                 api_key=settings.proxy_api_key,
                 admin_key=settings.proxy_admin_key,
-                open_paths=OPEN_PATHS,
+                open_paths=[endpoint.path for endpoint in ENDPOINTS if endpoint.open],
             )
         )
     app = web.Application(
@@ -83,23 +63,5 @@ def create_app(
     app[UPSTREAM] = upstream
     app[GUARD] = guard
     app.cleanup_ctx.append(upstream_context(upstream))
-
-    app.router.add_get("/healthz", _healthz)
-    app.router.add_get("/readyz", _readyz)
-    app.router.add_get("/metrics", _metrics)
-    routes_openai.add_routes(app)
-    routes_ollama.add_routes(app)
+    routes.add_routes(app)
     return app
-
-
-async def _healthz(_request: web.Request) -> web.Response:
-    return web.json_response({"status": "alive"})
-
-
-async def _readyz(request: web.Request) -> web.Response:
-    state = request.app[STATE]
-    return web.json_response(state.snapshot(), status=200 if state.is_ready else 503)
-
-
-async def _metrics(request: web.Request) -> web.Response:
-    return web.Response(body=request.app[METRICS].render(), headers={"Content-Type": CONTENT_TYPE})

@@ -49,13 +49,15 @@ class CatalogError(ValueError):
 
 
 class UnknownModelError(LookupError):
-    """A requested model is not served by this instance."""
+    """A requested model is not served by this deployment."""
 
     def __init__(self, requested: str, available: Iterable[str]) -> None:
         self.requested = requested
         self.available = tuple(available)
         listing = ", ".join(self.available) or "none are configured"
-        super().__init__(f"model {requested!r} is not served here; available models: {listing}")
+        super().__init__(
+            f"model {requested!r} is not served by this deployment; available models: {listing}"
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -178,6 +180,10 @@ class Catalog:
         if model is None:
             raise UnknownModelError(requested, self.names)
         return model
+
+    def names_of_kind(self, kind: ModelKind) -> tuple[str, ...]:
+        """The configured names of the models of ``kind``."""
+        return tuple(m.configured_as for m in self.models if m.kind is kind)
 
     def aliases_of(self, model: Model) -> tuple[str, ...]:
         """The aliases that point at ``model``."""

@@ -1,10 +1,10 @@
 """Typed errors of the proxy and their wire shapes, in one place.
 
 Handlers and helpers raise a :class:`ProxyError` subclass; the request middleware turns it into a
-response in the shape of the API the client speaks (:func:`api_of`):
+response in the shape of the API the endpoint belongs to (:class:`~proxy.endpoints.Api`):
 
-* OpenAI (``/v1/...``): ``{"error": {"message", "type", "param", "code"}}``;
-* Ollama (``/api/...``, ``/``) and everything else: ``{"error": "..."}``.
+* OpenAI: ``{"error": {"message", "type", "param", "code"}}``;
+* Ollama and everything else: ``{"error": "..."}``.
 
 Errors that happen after a stream has started cannot change the status any more; they are
 written in the stream's own framing by :func:`stream_error_frame` (an SSE ``data:`` event or an
@@ -20,8 +20,9 @@ from typing import Any
 
 from aiohttp import web
 
+from proxy.endpoints import Api
+
 __all__ = [
-    "Api",
     "AuthenticationError",
     "BadRequestError",
     "Framing",
@@ -37,7 +38,6 @@ __all__ = [
     "UpstreamTimeoutError",
     "UpstreamUnavailableError",
     "WrongModelKindError",
-    "api_of",
     "error_body",
     "error_response",
     "send_and_close",
@@ -47,23 +47,11 @@ __all__ = [
 _JSON = "application/json"
 
 
-class Api(enum.Enum):
-    """Which API's error shape a route uses."""
-
-    OPENAI = "openai"
-    OLLAMA = "ollama"
-
-
 class Framing(enum.Enum):
     """How a streamed response body is framed."""
 
     SSE = "sse"
     NDJSON = "ndjson"
-
-
-def api_of(path: str) -> Api:
-    """The API a request path belongs to: ``/v1`` is OpenAI, everything else Ollama/plain JSON."""
-    return Api.OPENAI if path.startswith("/v1/") or path == "/v1" else Api.OLLAMA
 
 
 class ProxyError(Exception):

@@ -22,6 +22,7 @@ from structlog.contextvars import bound_contextvars
 
 from proxy.access_log import Exchange, log_exchange
 from proxy.appkeys import EXCHANGE
+from proxy.endpoints import api_of, endpoint_for
 from proxy.errors import (
     AuthenticationError,
     HTTPStatusError,
@@ -29,13 +30,12 @@ from proxy.errors import (
     PayloadTooLargeError,
     ProxyError,
     UpstreamTimeoutError,
-    UpstreamUnavailableError,
-    api_of,
     error_response,
     send_and_close,
 )
 from proxy.logs import get_logger
 from proxy.metrics import Metrics
+from proxy.upstream import unreachable
 
 __all__ = [
     "CLIENT_CLOSED",
@@ -48,7 +48,7 @@ __all__ = [
 CLIENT_CLOSED = 499
 """The status recorded (never sent) for a request whose client went away."""
 
-log = get_logger("proxy.app")
+log = get_logger(__name__)
 
 _REQUEST_ID = "X-Request-ID"
 _MAX_REQUEST_ID = 128
@@ -73,7 +73,10 @@ def request_middleware(*, metrics: Metrics, max_body: int) -> Middleware:
         if not request_id or not _valid_request_id(request_id):
             request_id = uuid.uuid4().hex
         resource = request.match_info.route.resource
-        exchange = Exchange(request_id, resource.canonical if resource else _UNMATCHED)
+        route = resource.canonical if resource else _UNMATCHED
+        endpoint = endpoint_for(route)
+        api = endpoint.api if endpoint is not None else api_of(request.path)
+        exchange = Exchange(request_id, route)
         request[EXCHANGE] = exchange
         with bound_contextvars(request_id=request_id):
             try:
@@ -86,14 +89,14 @@ def request_middleware(*, metrics: Metrics, max_body: int) -> Middleware:
                     raise PayloadTooLargeError(too_large)
                 response = await handler(request)
             except ProxyError as exc:
-                response = error_response(exc, api_of(request.path))
+                response = error_response(exc, api)
                 if exc.closes_connection:
                     response.headers[_REQUEST_ID] = request_id
                     await send_and_close(request, response)
             except web.HTTPException as exc:
                 if exc.status < 400:
                     raise
-                response = error_response(_from_http(request, exc, too_large), api_of(request.path))
+                response = error_response(_from_http(request, exc, too_large), api)
             except asyncio.CancelledError:
                 exchange.status = CLIENT_CLOSED
                 exchange.error = exchange.error or "client disconnected"
@@ -105,7 +108,7 @@ def request_middleware(*, metrics: Metrics, max_body: int) -> Middleware:
                     exchange.error = f"failed mid-stream: {exc!r}"
                     _finish(request, exchange, metrics)
                     raise
-                response = error_response(_from_exception(exc), api_of(request.path))
+                response = error_response(_from_exception(exc), api)
             if not response.prepared:
                 response.headers[_REQUEST_ID] = request_id
             if not exchange.status:  # the relay records 499 for a client gone mid-stream
@@ -208,6 +211,6 @@ def _from_exception(exc: Exception) -> ProxyError:
     if isinstance(exc, TimeoutError):
         return UpstreamTimeoutError("the request timed out")
     if isinstance(exc, aiohttp.ClientError):
-        return UpstreamUnavailableError(f"the Ollama server is not reachable: {exc}", retry_after=2)
+        return unreachable(exc)
     log.exception("unhandled error")
     return InternalError("internal error in the proxy; see its log for details")

@@ -30,13 +30,13 @@ import aiohttp
 from aiohttp import web
 
 from proxy.access_log import Exchange
-from proxy.errors import Framing, UpstreamUnavailableError, stream_error_frame
+from proxy.errors import Framing, stream_error_frame
 from proxy.logs import get_logger
-from proxy.upstream import timeout_error
+from proxy.upstream import connection_failure, timeout_error, unreachable
 
 __all__ = ["relay"]
 
-log = get_logger("proxy.relay")
+log = get_logger(__name__)
 
 _SSE = "text/event-stream"
 _NDJSON = "application/x-ndjson"
@@ -135,7 +135,7 @@ async def _relay_stream(
                 )
                 break
             except aiohttp.ClientError as exc:
-                failure = f"the connection to Ollama failed mid-stream: {_describe(exc)}"
+                failure = f"the connection to Ollama failed mid-stream: {connection_failure(exc)}"
                 break
         if failure is None and check_end:
             failure = _incomplete_end(framing, prev, last)
@@ -179,7 +179,7 @@ async def _read_uncommitted(
         raise timeout_error(client_timeout) from exc
     except aiohttp.ClientError as exc:
         upstream.close()
-        raise _dropped(exc) from exc
+        raise unreachable(exc) from exc
     except BaseException:
         upstream.close()
         raise
@@ -243,15 +243,3 @@ def _terminate(framing: Framing, prev: bytes, last: bytes) -> bytes:
     if not tail or tail == b"\n\n":
         return b""
     return b"\n" if tail.endswith(b"\n") else b"\n\n"
-
-
-def _describe(exc: BaseException) -> str:
-    if isinstance(exc, aiohttp.ClientPayloadError):
-        return "the response ended before it was complete"
-    return str(exc) or type(exc).__name__
-
-
-def _dropped(exc: BaseException) -> UpstreamUnavailableError:
-    return UpstreamUnavailableError(
-        f"the Ollama server dropped the connection: {_describe(exc)}", retry_after=2
-    )

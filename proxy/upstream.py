@@ -20,13 +20,14 @@ from yarl import URL
 from proxy.errors import UpstreamTimeoutError, UpstreamUnavailableError
 from proxy.logs import get_logger
 
-__all__ = ["Upstream", "timeout_error", "upstream_context"]
+__all__ = ["Upstream", "connection_failure", "timeout_error", "unreachable", "upstream_context"]
 
-log = get_logger("proxy.upstream")
+log = get_logger(__name__)
 
 _CONNECT_TIMEOUT = 10.0
 _KEEPALIVE = 30.0
 _META_TIMEOUT = 30.0
+_BRIEF_TIMEOUT = 2.0
 
 
 class Upstream:
@@ -55,6 +56,8 @@ class Upstream:
         """Timeout of a quick metadata request (tags, ps, version, show)."""
         self.unbounded = aiohttp.ClientTimeout(total=None, sock_connect=_CONNECT_TIMEOUT)
         """Timeout of a management request (a pull may take an hour)."""
+        self.brief = aiohttp.ClientTimeout(total=_BRIEF_TIMEOUT)
+        """Timeout of a best-effort lookup that must not hold up its answer (listings)."""
 
     async def start(self) -> None:
         """Open the session (idempotent)."""
@@ -116,11 +119,11 @@ class Upstream:
                     retry = False
                     log.debug("stale upstream connection; retrying once", error=str(exc))
                     continue
-                raise _unavailable(exc) from exc
+                raise unreachable(exc) from exc
             except TimeoutError as exc:
                 raise timeout_error(client_timeout) from exc
             except aiohttp.ClientError as exc:
-                raise _unavailable(exc) from exc
+                raise unreachable(exc) from exc
 
 
 def timeout_error(limits: aiohttp.ClientTimeout) -> UpstreamTimeoutError:
@@ -130,9 +133,18 @@ def timeout_error(limits: aiohttp.ClientTimeout) -> UpstreamTimeoutError:
     return UpstreamTimeoutError(f"Ollama sent nothing for {limits.sock_read:g} s")
 
 
-def _unavailable(exc: BaseException) -> UpstreamUnavailableError:
-    detail = str(exc) or type(exc).__name__
-    return UpstreamUnavailableError(f"the Ollama server is not reachable: {detail}", retry_after=2)
+def unreachable(exc: BaseException) -> UpstreamUnavailableError:
+    """The 503 error for an Ollama that refused or dropped the connection."""
+    return UpstreamUnavailableError(
+        f"the Ollama server is not reachable: {connection_failure(exc)}", retry_after=2
+    )
+
+
+def connection_failure(exc: BaseException) -> str:
+    """What went wrong with a connection to Ollama, in a few words."""
+    if isinstance(exc, aiohttp.ClientPayloadError):
+        return "the response ended before it was complete"
+    return str(exc) or type(exc).__name__
 
 
 def upstream_context(upstream: Upstream) -> Callable[[web.Application], AsyncIterator[None]]:

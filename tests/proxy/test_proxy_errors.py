@@ -13,8 +13,8 @@ from proxy_support import API_KEY, CHAT, CHAT2, EMBED, MESSAGES, Proxy, serve_pr
 
 from proxy.appkeys import GUARD
 from proxy.state import ModelStatus, OllamaStatus
-from proxy.testing.net import free_port
-from proxy.testing.simulator import SimulatorProcess
+from proxy.testing.harness import free_port
+from proxy.testing.services import SimulatorProcess
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 

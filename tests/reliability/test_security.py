@@ -18,7 +18,7 @@ import psutil
 import pytest
 
 import proxy.middlewares
-import proxy.routes_ollama
+import proxy.routes
 
 from .helpers import (
     ADMIN_KEY,
@@ -28,7 +28,7 @@ from .helpers import (
     REPO,
     SECRETS,
     TALLY,
-    ProxyProc,
+    ProxyProcess,
     base_env,
     build_request,
     capture_log,
@@ -92,7 +92,7 @@ def _body(path: str) -> bytes | None:
     return None
 
 
-def _status(proxy: ProxyProc, method: str, path: str, headers: list[tuple[str, str]]) -> int:
+def _status(proxy: ProxyProcess, method: str, path: str, headers: list[tuple[str, str]]) -> int:
     request = build_request(method, path, body=_body(path), headers=headers, auth=False)
     if method == "HEAD":
         with socket.create_connection(("127.0.0.1", proxy.port), timeout=5) as sock:
@@ -111,7 +111,7 @@ def _status(proxy: ProxyProc, method: str, path: str, headers: list[tuple[str, s
 
 @pytest.mark.parametrize("credentials", list(BAD_CREDENTIALS))
 def test_every_route_without_the_key_is_401_except_health(
-    main_proxy: ProxyProc, credentials: str
+    main_proxy: ProxyProcess, credentials: str
 ) -> None:
     headers = BAD_CREDENTIALS[credentials]
     for method, path in ROUTES + MANAGEMENT:
@@ -120,7 +120,7 @@ def test_every_route_without_the_key_is_401_except_health(
         assert _status(main_proxy, method, path, headers) == 200, (credentials, method, path)
 
 
-def test_keys_work_where_they_should(main_proxy: ProxyProc) -> None:
+def test_keys_work_where_they_should(main_proxy: ProxyProcess) -> None:
     for headers in (
         [("Authorization", f"Bearer {API_KEY}")],
         [("Authorization", f"bearer  {API_KEY} ")],
@@ -131,7 +131,7 @@ def test_keys_work_where_they_should(main_proxy: ProxyProc) -> None:
         assert _status(main_proxy, "POST", "/api/embed", headers) == 200, headers
 
 
-def test_management_routes_are_403_even_with_the_api_key(main_proxy: ProxyProc) -> None:
+def test_management_routes_are_403_even_with_the_api_key(main_proxy: ProxyProcess) -> None:
     api = [("Authorization", f"Bearer {API_KEY}")]
     for method, path in MANAGEMENT:
         assert _status(main_proxy, method, path, api) == 403, (method, path)
@@ -157,7 +157,7 @@ def _listening(pid: int) -> list[str]:
     ]
 
 
-def test_ollama_and_the_proxy_listen_on_loopback_only(main_proxy: ProxyProc) -> None:
+def test_ollama_and_the_proxy_listen_on_loopback_only(main_proxy: ProxyProcess) -> None:
     sim = main_proxy.wait_ollama()
     assert _listening(sim.pid) == ["127.0.0.1"], "Ollama is reachable on loopback only"
     assert set(_listening(main_proxy.pid)) == {"127.0.0.1"}
@@ -203,7 +203,7 @@ def test_non_loopback_ollama_host_refuses_to_start(tmp_path: Path, host: str) ->
     TALLY.hostile("config-refused")
 
 
-def test_secrets_sent_in_odd_places_never_reach_the_log(main_proxy: ProxyProc) -> None:
+def test_secrets_sent_in_odd_places_never_reach_the_log(main_proxy: ProxyProcess) -> None:
     """The log is scanned for every secret at the end of the session too; this checks the
     shared proxy's log right after sending keys where they do not belong."""
     port = main_proxy.port
@@ -277,5 +277,5 @@ def test_keys_are_compared_in_constant_time() -> None:
                     f"non-constant-time comparison: {ast.unparse(node)}"
                 )
     # The management routes check the admin key through token_matches, not by hand.
-    routes = inspect.getsource(proxy.routes_ollama)
+    routes = inspect.getsource(proxy.routes)
     assert "token_matches(request, admin_key)" in routes
