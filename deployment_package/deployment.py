@@ -9,11 +9,12 @@ to it over one keep-alive loopback connection and relays streamed chunks as they
 Request input (plain): an OpenAI body, as JSON text or a dict. ``messages`` goes to chat
 completions, ``prompt`` to completions, ``input`` to embeddings. With ``"stream": true`` every
 chunk is sent through ``streaming_update`` and the result is the JSON list of chunks; otherwise
-the result is the OpenAI response JSON. Errors come back as the request's error message.
+the result is the OpenAI response JSON. Errors come back as the request's error message, in the
+proxy's words (the same as through its port).
 """
 
 from proxy.config import load_settings
-from proxy.forwarder import ProxyClient
+from proxy.client import ProxyClient
 from proxy.launcher import ProxyLauncher
 from proxy.logs import configure_logging, get_logger
 
@@ -38,7 +39,7 @@ class Deployment:
             if self._launcher is not None:
                 self._launcher.start()
             check = self._launcher.check if self._launcher is not None else None
-            self._client.wait_ready(settings.ready_timeout, check=check)
+            self._client.wait_ready(check=check)
         except BaseException:
             self.stop()
             raise

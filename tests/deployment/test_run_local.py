@@ -22,8 +22,9 @@ from openai.types import CreateEmbeddingResponse
 from openai.types.chat import ChatCompletionChunk
 from ubiops.utils import run_local
 
+from proxy.testing.harness import wait_until
 from proxy.testing.simulator import expected_text
-from tests.deployment.conftest import PACKAGE_DIR, sim_env, wait_until
+from tests.deployment.conftest import PACKAGE_DIR, sim_env
 
 pytestmark = pytest.mark.slow
 
@@ -73,7 +74,7 @@ def _gone(process: psutil.Process) -> bool:
 
 
 def test_three_processes_through_run_local(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    env = sim_env(tmp_path / "models", SIM_START_DELAY=START_DELAY, SIM_NUM_TOKENS=str(NUM_TOKENS))
+    env = sim_env(tmp_path, SIM_START_DELAY=START_DELAY, SIM_NUM_TOKENS=str(NUM_TOKENS))
     for name, value in env.items():
         monkeypatch.setenv(name, value)
     result_file = tmp_path / "process-0.json"
@@ -126,7 +127,7 @@ def test_three_processes_through_run_local(tmp_path: Path, monkeypatch: pytest.M
         embedding = CreateEmbeddingResponse.model_validate_json(results[2])
         assert [len(item.embedding) for item in embedding.data] == [384, 384]
 
-        with pytest.raises(Exception, match="Available models: smollm2:135m, all-minilm:l6-v2"):
+        with pytest.raises(Exception, match="available models: smollm2:135m, all-minilm:l6-v2"):
             run_local(
                 str(PACKAGE_DIR),
                 {"model": "gpt-4", "messages": []},

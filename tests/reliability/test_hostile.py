@@ -25,7 +25,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from proxy.forwarder import PublicError
+from proxy.client import PublicError
 from proxy.testing.simulator import expected_text
 
 from .conftest import MAIN_CLIENT_TIMEOUT, MAIN_MAX_BODY
@@ -38,7 +38,7 @@ from .helpers import (
     EMBED_ALIAS,
     PACKAGE_DIR,
     TALLY,
-    ProxyProc,
+    ProxyProcess,
     RawResponse,
     build_request,
     http_json,
@@ -238,39 +238,39 @@ def _check_success(path: str, content_type: str, raw: bytes) -> None:
 
 
 def send(
-    proxy: ProxyProc, method: str, path: str, body: bytes | None = None, **kw: Any
+    proxy: ProxyProcess, method: str, path: str, body: bytes | None = None, **kw: Any
 ) -> RawResponse:
     return raw_http(proxy.port, build_request(method, path, body=body, **kw))
 
 
 @pytest.fixture(scope="module")
-def sim_pid(main_proxy: ProxyProc) -> int:
+def sim_pid(main_proxy: ProxyProcess) -> int:
     main_proxy.wait_ready()
     sim = main_proxy.wait_ollama()
     return int(sim.pid)
 
 
 @pytest.fixture
-def healthy(main_proxy: ProxyProc, sim_pid: int) -> Iterator[ProxyProc]:
+def healthy(main_proxy: ProxyProcess, sim_pid: int) -> Iterator[ProxyProcess]:
     """Yields the shared proxy; afterwards it must still answer normally (once per batch)."""
     yield main_proxy
     assert_healthy(main_proxy, sim_pid)
 
 
-def assert_healthy(proxy: ProxyProc, sim_pid: int) -> None:
-    proxy.assert_running()
+def assert_healthy(proxy: ProxyProcess, sim_pid: int) -> None:
+    proxy.check_running()
     sim = proxy.ollama()
     assert sim is not None, "Ollama still runs"
     assert sim.pid == sim_pid, "Ollama was not restarted (it never crashed)"
     assert http_json(f"{proxy.url}/healthz")[0] == 200
-    status, body = proxy.readyz()
+    status, body = proxy.get("/readyz")
     assert status == 200, body
     messages = user_messages("are you still there?")
     status, answer = http_json(
         f"{proxy.url}/v1/chat/completions",
         method="POST",
         body={"model": CHAT, "messages": messages},
-        headers=proxy.auth,
+        headers=proxy.headers,
     )
     assert status == 200, answer
     assert answer["choices"][0]["message"]["content"] == expected_text(CHAT, messages, 12)
@@ -283,7 +283,7 @@ def assert_healthy(proxy: ProxyProc, sim_pid: int) -> None:
 @HOSTILE
 @given(data=st.data())
 def test_model_routes_answer_hostile_bodies_in_their_error_shape(
-    healthy: ProxyProc, path: str, data: st.DataObject
+    healthy: ProxyProcess, path: str, data: st.DataObject
 ) -> None:
     kind, body = data.draw(bodies(MODEL_ROUTES[path]), label="body")
     response = send(healthy, "POST", path, body)
@@ -297,7 +297,7 @@ def test_model_routes_answer_hostile_bodies_in_their_error_shape(
     name=model_names.filter(lambda n: isinstance(n, str) and "\x00" not in n),
     route=st.sampled_from(["/v1/models/{}", "/v1/models/{}?x=1", "/api/show"]),
 )
-def test_model_names_in_paths_and_show(healthy: ProxyProc, name: str, route: str) -> None:
+def test_model_names_in_paths_and_show(healthy: ProxyProcess, name: str, route: str) -> None:
     if route == "/api/show":
         path = route
         response = send(healthy, "POST", path, json.dumps({"name": name}).encode())
@@ -322,7 +322,7 @@ def test_model_names_in_paths_and_show(healthy: ProxyProc, name: str, route: str
     ),
 )
 def test_unknown_paths_and_methods(
-    healthy: ProxyProc, method: str, prefix: str, tail: str, query: str
+    healthy: ProxyProcess, method: str, prefix: str, tail: str, query: str
 ) -> None:
     path = prefix + quote(tail, safe="/%") + (f"?{quote(query, safe='=&%')}" if query else "")
     try:
@@ -345,7 +345,7 @@ def test_unknown_paths_and_methods(
     body=st.none() | st.binary(max_size=300),
 )
 def test_fixed_routes_with_junk_queries_methods_and_bodies(
-    healthy: ProxyProc, path: str, method: str, query: str, body: bytes | None
+    healthy: ProxyProcess, path: str, method: str, query: str, body: bytes | None
 ) -> None:
     target = f"{path}?{query}" if query else path
     response = send(healthy, method, target, body)
@@ -382,7 +382,7 @@ def test_fixed_routes_with_junk_queries_methods_and_bodies(
     path=st.sampled_from(["/v1/models", "/api/tags", "/api/version"]),
 )
 def test_header_injection_and_junk_headers(
-    healthy: ProxyProc, name: str, value: bytes, path: str
+    healthy: ProxyProcess, name: str, value: bytes, path: str
 ) -> None:
     headers: list[tuple[str | bytes, str | bytes]] = [(name, value)]
     request = build_request("GET", path, headers=headers, auth=name != "Authorization")
@@ -412,7 +412,7 @@ def test_header_injection_and_junk_headers(
     body=st.binary(max_size=200),
 )
 def test_management_routes_refuse_the_api_key(
-    healthy: ProxyProc, path: str, method: str, body: bytes
+    healthy: ProxyProcess, path: str, method: str, body: bytes
 ) -> None:
     if method == "HEAD":
         request = build_request(method, path)
@@ -443,7 +443,7 @@ _DEEP_BODIES = {
 @pytest.mark.parametrize("shape", list(_DEEP_BODIES))
 @pytest.mark.parametrize("path", ["/v1/chat/completions", "/api/embed"])
 def test_deep_nesting_is_a_400_not_a_500(
-    main_proxy: ProxyProc, sim_pid: int, path: str, shape: str
+    main_proxy: ProxyProcess, sim_pid: int, path: str, shape: str
 ) -> None:
     TALLY.hostile("deep-nesting")
     response = send(main_proxy, "POST", path, _DEEP_BODIES[shape])
@@ -466,7 +466,7 @@ def test_deep_nesting_is_a_400_not_a_500(
     ],
 )
 def test_lone_surrogate_escapes_are_not_a_500(
-    main_proxy: ProxyProc, sim_pid: int, path: str, body: bytes
+    main_proxy: ProxyProcess, sim_pid: int, path: str, body: bytes
 ) -> None:
     TALLY.hostile("surrogates")
     response = send(main_proxy, "POST", path, body)
@@ -477,7 +477,7 @@ def test_lone_surrogate_escapes_are_not_a_500(
 
 
 @pytest.mark.parametrize("path", ["/v1/chat/completions", "/api/generate", "/api/embed"])
-def test_oversized_bodies_are_413_in_the_api_shape(main_proxy: ProxyProc, path: str) -> None:
+def test_oversized_bodies_are_413_in_the_api_shape(main_proxy: ProxyProcess, path: str) -> None:
     big = json.dumps({"model": CHAT, "prompt": "x" * (MAIN_MAX_BODY + 10)}).encode()
     declared = send(main_proxy, "POST", path, big)
     assert declared.status == 413, declared.body[:200]
@@ -501,7 +501,7 @@ def test_oversized_bodies_are_413_in_the_api_shape(main_proxy: ProxyProc, path: 
     TALLY.hostile("oversized", 3)
 
 
-def test_huge_strings_and_many_headers(main_proxy: ProxyProc, sim_pid: int) -> None:
+def test_huge_strings_and_many_headers(main_proxy: ProxyProcess, sim_pid: int) -> None:
     huge = "🦙" * (MAIN_MAX_BODY // 16)  # 4 UTF-8 bytes each; the JSON body still fits
     cases = [
         ("/v1/chat/completions", {"model": huge, "messages": user_messages("x")}),
@@ -523,7 +523,7 @@ LOG_LINE_LIMIT = 16 * 1024
 """The longest log line one request may cause (bytes)."""
 
 
-def test_one_request_writes_a_bounded_log_line(main_proxy: ProxyProc) -> None:
+def test_one_request_writes_a_bounded_log_line(main_proxy: ProxyProcess) -> None:
     request_id = f"bounded-log-{time.monotonic_ns()}"
     body = json.dumps({"model": "m" * (MAIN_MAX_BODY - 1000), "messages": []}).encode()
     response = send(
@@ -561,7 +561,7 @@ def _closed_by_server(sock: socket.socket, within: float) -> bool:
         sock.close()
 
 
-def test_slow_clients_are_cut_off(main_proxy: ProxyProc, sim_pid: int) -> None:
+def test_slow_clients_are_cut_off(main_proxy: ProxyProcess, sim_pid: int) -> None:
     TALLY.hostile("slow-client", 2)
     request = build_request(
         "POST", "/api/generate", body=json.dumps({"model": CHAT, "prompt": "slow"}).encode()
@@ -579,7 +579,7 @@ def test_slow_clients_are_cut_off(main_proxy: ProxyProc, sim_pid: int) -> None:
 
 
 def test_hostile_traffic_left_no_5xx_and_no_traceback_in_the_log(
-    main_proxy: ProxyProc, sim_pid: int
+    main_proxy: ProxyProcess, sim_pid: int
 ) -> None:
     assert_healthy(main_proxy, sim_pid)
     events = main_proxy.events()
@@ -602,7 +602,7 @@ def test_hostile_traffic_left_no_5xx_and_no_traceback_in_the_log(
 
 
 @pytest.fixture(scope="module")
-def deployment(main_proxy: ProxyProc) -> Iterator[Any]:
+def deployment(main_proxy: ProxyProcess) -> Iterator[Any]:
     """The real ``Deployment`` of the package, as request process 1 (no launcher)."""
     main_proxy.wait_ready()
     spec = importlib.util.spec_from_file_location(
@@ -638,7 +638,7 @@ deployment_data = st.one_of(
 @HOSTILE
 @given(item=deployment_data)
 def test_deployment_request_gives_a_result_or_a_public_error(
-    deployment: Any, healthy: ProxyProc, item: tuple[str, Any]
+    deployment: Any, healthy: ProxyProcess, item: tuple[str, Any]
 ) -> None:
     _kind, data = item
     updates: list[str] = []

@@ -1,4 +1,9 @@
-"""ProxyClient and request preparation, against a scripted fake proxy."""
+"""The request processes' client of the proxy, against a scripted fake proxy.
+
+What the proxy answers to good and bad payloads is proven in ``test_same_verdict.py`` against
+the real proxy; here the client's own duties: the endpoint choice, relaying, the readiness wait,
+and what it says when the proxy cannot be reached.
+"""
 
 from __future__ import annotations
 
@@ -8,88 +13,80 @@ from collections.abc import Iterator
 import pytest
 from aiohttp import web
 
-from proxy.config import load_settings
-from proxy.forwarder import (
-    InvalidRequestError,
+from proxy.client import (
     ProxyClient,
     ProxyUnavailableError,
-    Route,
-    SSEDecoder,
-    UpstreamError,
-    prepare,
+    RequestFailedError,
+    choose_endpoint,
 )
-from tests.deployment.conftest import FakeProxy, free_port
+from proxy.config import load_settings
+from proxy.sse import SSEDecoder
+from proxy.state import Phase, Readiness
+from proxy.testing.harness import free_port
+from tests.deployment.conftest import FakeProxy
 
 ENV = {"OLLAMA_CHAT_MODELS": "smollm2:135m,qwen", "OLLAMA_EMBEDDING_MODELS": "all-minilm:l6-v2"}
-CATALOG = load_settings(ENV).catalog
 CHAT = {"model": "smollm2:135m", "messages": [{"role": "user", "content": "Hi"}]}
 KEY = "k" * 24
 
 
+def _client(port: int, **env: str) -> ProxyClient:
+    return ProxyClient(load_settings({**ENV, "PROXY_PORT": str(port), "PROXY_API_KEY": KEY, **env}))
+
+
 @pytest.fixture
 def client(fake_proxy: FakeProxy) -> Iterator[ProxyClient]:
-    settings = load_settings({**ENV, "PROXY_PORT": str(fake_proxy.port), "PROXY_API_KEY": KEY})
-    client = ProxyClient(settings)
+    client = _client(fake_proxy.port, READY_TIMEOUT="10")
     yield client
     client.close()
 
 
-# --- prepare -------------------------------------------------------------------------------
+def _readiness(phase: Phase, serving: bool, *, gave_up: bool = False, reason: str = "") -> object:
+    async def readyz(_request: web.Request) -> web.Response:
+        document = Readiness(phase, serving, gave_up, reason or None, {}).as_json()
+        return web.json_response(document, status=200 if serving else 503)
+
+    return readyz
 
 
-def test_string_payload_is_sent_as_its_original_text() -> None:
+# --- the endpoint --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("payload", "path"),
+    [
+        (CHAT, "/v1/chat/completions"),
+        ({"model": "smollm2:135m", "prompt": "Once"}, "/v1/completions"),
+        ({"model": "all-minilm:l6-v2", "input": "x"}, "/v1/embeddings"),
+        ({"model": "x", "messages": [], "prompt": "p"}, "/v1/chat/completions"),
+        ({"model": "x"}, "/v1/chat/completions"),
+        ("not json", "/v1/chat/completions"),
+        ("[1]", "/v1/chat/completions"),
+    ],
+)
+def test_the_endpoint_follows_the_input_field(payload: object, path: str) -> None:
+    body = payload.encode() if isinstance(payload, str) else json.dumps(payload).encode()
+    assert choose_endpoint(body).path == path
+
+
+def test_text_is_sent_as_it_came_and_a_dict_is_dumped_once(
+    fake_proxy: FakeProxy, client: ProxyClient
+) -> None:
+    async def answer(_request: web.Request) -> web.Response:
+        return web.json_response({"ok": True})
+
+    fake_proxy.routes["POST", "/v1/chat/completions"] = answer
     text = '{"model": "smollm2:135m",   "messages": [{"role":"user","content":"h\\u00e9"}]}'
-    prepared = prepare(text, CATALOG)
-    assert prepared.body == text.encode()
-    assert prepared.route is Route.CHAT
-    assert not prepared.stream
+    client.forward(text)
+    client.forward({**CHAT, "stream": False})
+    sent = [body for _, _, body, _ in fake_proxy.seen]
+    assert sent[0] == text.encode()
+    assert json.loads(sent[1]) == {**CHAT, "stream": False}
 
 
-def test_dict_payload_is_dumped_once() -> None:
-    prepared = prepare({**CHAT, "stream": True}, CATALOG)
-    assert json.loads(prepared.body) == {**CHAT, "stream": True}
-    assert prepared.stream
-
-
-@pytest.mark.parametrize(
-    ("payload", "route"),
-    [
-        ({"model": "smollm2:135m", "prompt": "Once"}, Route.COMPLETION),
-        ({"model": "all-minilm:l6-v2", "input": "x"}, Route.EMBEDDING),
-        ({"model": "ubiops-deployment/dep/v1/all-minilm:l6-v2", "input": ["a"]}, Route.EMBEDDING),
-        ({"model": "ubiops-deployment/dep//smollm2:135m", "messages": []}, Route.CHAT),
-    ],
-)
-def test_route_follows_the_input_field(payload: dict[str, object], route: Route) -> None:
-    assert prepare(payload, CATALOG).route is route
-
-
-@pytest.mark.parametrize(
-    ("data", "fragment"),
-    [
-        ("{not json", "not valid JSON"),
-        (b"\xff\xfe", "not valid JSON"),
-        ("[1, 2]", "not a JSON array"),
-        (42, "not int"),
-        ({"messages": []}, 'no "model" field'),
-        ({"model": "llama3", "messages": []}, "Available models: smollm2:135m, qwen"),
-        ({"model": "smollm2:135m"}, 'none of "messages"'),
-        ({"model": "smollm2:135m", "messages": [], "input": "x"}, "send exactly one"),
-        ({"model": "all-minilm:l6-v2", "messages": []}, "is an embedding model"),
-        ({"model": "qwen", "input": "x"}, "pick an embedding model: all-minilm:l6-v2"),
-    ],
-)
-def test_bad_input_gives_a_public_error(data: object, fragment: str) -> None:
-    with pytest.raises(InvalidRequestError) as info:
-        prepare(data, CATALOG)
-    assert fragment in info.value.public_error_message
-
-
-def test_unknown_model_lists_every_available_model() -> None:
-    with pytest.raises(InvalidRequestError) as info:
-        prepare({"model": "nope", "messages": []}, CATALOG)
-    message = info.value.public_error_message
-    assert all(name in message for name in ("smollm2:135m", "qwen", "all-minilm:l6-v2"))
+def test_what_cannot_be_json_is_refused_before_sending(client: ProxyClient) -> None:
+    with pytest.raises(RequestFailedError, match="cannot be sent as JSON"):
+        client.forward({"model": object()})
 
 
 # --- SSE decoding --------------------------------------------------------------------------
@@ -100,7 +97,6 @@ def test_sse_decoder_handles_split_frames_and_line_endings() -> None:
     decoder = SSEDecoder()
     events = [event for i in range(len(stream)) for event in decoder.feed(stream[i : i + 1])]
     assert events == ['{"a":1}', '{"b":2}', "l1\nl2"]
-    assert not decoder.pending
 
 
 # --- forwarding ----------------------------------------------------------------------------
@@ -153,7 +149,7 @@ def test_non_stream_answer_is_returned_as_received(
     assert len(fake_proxy.connections) == 1, "one keep-alive connection per process"
 
 
-def test_upstream_error_status_becomes_a_public_error(
+def test_the_proxys_error_message_is_the_public_error_message(
     fake_proxy: FakeProxy, client: ProxyClient
 ) -> None:
     async def handler(_request: web.Request) -> web.Response:
@@ -161,12 +157,10 @@ def test_upstream_error_status_becomes_a_public_error(
         return web.json_response(body, status=503)
 
     fake_proxy.routes["POST", "/v1/completions"] = handler
-    with pytest.raises(UpstreamError) as info:
+    with pytest.raises(RequestFailedError) as info:
         client.forward({"model": "qwen", "prompt": "x"})
-    assert info.value.public_error_message == (
-        "The model server could not answer: model 'qwen' is not available yet (pulling) "
-        "(HTTP 503); retry in a few seconds."
-    )
+    assert info.value.public_error_message == "model 'qwen' is not available yet (pulling)"
+    assert info.value.status == 503
 
 
 def test_mid_stream_error_event_fails_the_request_after_relaying_what_came(
@@ -177,7 +171,7 @@ def test_mid_stream_error_event_fails_the_request_after_relaying_what_came(
         _sse('{"id":"1","choices":[]}', error)
     )
     seen: list[str] = []
-    with pytest.raises(UpstreamError) as info:
+    with pytest.raises(RequestFailedError) as info:
         client.forward({**CHAT, "stream": True}, seen.append)
     assert info.value.public_error_message == "The answer failed after 1 chunks: Ollama went away"
     assert seen == ['{"id":"1","choices":[]}']
@@ -189,71 +183,64 @@ def test_stream_without_done_is_reported_incomplete(
     fake_proxy.routes["POST", "/v1/chat/completions"] = _stream_handler(  # type: ignore[assignment]
         _sse('{"id":"1","choices":[]}')
     )
-    with pytest.raises(UpstreamError, match="ended the stream early"):
+    with pytest.raises(RequestFailedError, match="ended the stream early"):
         client.forward({**CHAT, "stream": True})
 
 
 def test_unreachable_proxy_is_a_public_error() -> None:
-    settings = load_settings({**ENV, "PROXY_PORT": str(free_port())})
-    client = ProxyClient(settings)
+    client = _client(free_port(), READY_TIMEOUT="0.3")
     try:
         with pytest.raises(ProxyUnavailableError, match=r"not reachable \(connection refused\)"):
             client.forward(CHAT)
         with pytest.raises(ProxyUnavailableError, match=r"did not become ready within 0\.3 s"):
-            client.wait_ready(0.3)
+            client.wait_ready()
     finally:
         client.close()
     with pytest.raises(ProxyUnavailableError, match="shutting down"):
         client.forward(CHAT)
 
 
-def test_wait_ready_polls_until_ready_and_honours_check(
+def test_wait_ready_polls_until_serving_and_honours_check(
     fake_proxy: FakeProxy, client: ProxyClient
 ) -> None:
-    answers = iter([503, 503, 200])
+    answers = iter(
+        [_readiness(Phase.STARTING, False), _readiness(Phase.PULLING, False, reason="a pulling")]
+    )
+    serving = _readiness(Phase.DEGRADED, True, reason="b failed: gone")
 
-    async def readyz(_request: web.Request) -> web.Response:
-        status = next(answers)
-        return web.json_response({"status": "ready" if status == 200 else "pulling"}, status=status)
+    async def readyz(request: web.Request) -> web.StreamResponse:
+        return await next(answers, serving)(request)  # type: ignore[operator]
 
     fake_proxy.routes["GET", "/readyz"] = readyz
-    client.wait_ready(10)
+    client.wait_ready()
     assert [p for _, p, _, _ in fake_proxy.seen] == ["/readyz"] * 3
 
     def give_up() -> None:
         raise RuntimeError("launcher gave up")
 
     with pytest.raises(RuntimeError, match="launcher gave up"):
-        client.wait_ready(10, check=give_up)
-
-
-def test_degraded_with_settled_models_counts_as_ready(
-    fake_proxy: FakeProxy, client: ProxyClient
-) -> None:
-    body = {
-        "status": "degraded",
-        "ollama": {"state": "up"},
-        "models": {"a:latest": {"state": "ready"}, "b:latest": {"state": "failed"}},
-    }
-
-    async def readyz(_request: web.Request) -> web.Response:
-        return web.json_response(body, status=503)
-
-    fake_proxy.routes["GET", "/readyz"] = readyz
-    client.wait_ready(5)
+        client.wait_ready(check=give_up)
 
 
 def test_wait_ready_fails_fast_when_ollama_failed_for_good(
     fake_proxy: FakeProxy, client: ProxyClient
 ) -> None:
-    body = {"status": "degraded", "ollama": {"state": "failed", "reason": "exited with status 1"}}
+    fake_proxy.routes["GET", "/readyz"] = _readiness(  # type: ignore[assignment]
+        Phase.DEGRADED, False, gave_up=True, reason="Ollama is failed: exited with status 1"
+    )
+    with pytest.raises(ProxyUnavailableError, match="cannot start: Ollama is failed: exited"):
+        client.wait_ready()
 
-    async def readyz(_request: web.Request) -> web.Response:
-        return web.json_response(body, status=503)
 
-    fake_proxy.routes["GET", "/readyz"] = readyz
-    with pytest.raises(ProxyUnavailableError, match="cannot start Ollama: exited with status 1"):
-        client.wait_ready(60)
+def test_a_secret_in_an_error_is_redacted(fake_proxy: FakeProxy, client: ProxyClient) -> None:
+    async def handler(_request: web.Request) -> web.Response:
+        return web.json_response({"error": {"message": f"echo {KEY}"}}, status=400)
+
+    fake_proxy.routes["POST", "/v1/chat/completions"] = handler
+    with pytest.raises(RequestFailedError) as info:
+        client.forward(CHAT)
+    assert info.value.public_error_message == "echo [redacted]"
+    assert KEY not in str(info.value)
 
 
 def test_connection_closed_before_an_answer_is_retried_once(
