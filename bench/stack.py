@@ -1,5 +1,5 @@
 """Start and stop what the bench measures: the simulator, the proxy (with its own simulator
-child) and LiteLLM's proxy, each as a real process on loopback.
+child) and LiteLLM's proxy, each as a real process on loopback (:mod:`proxy.testing.harness`).
 
 The proxy supervises its own ``ollama-sim serve`` on ``OLLAMA_INTERNAL_HOST``; the bench calls
 that same child directly for the baseline ("direct"), so baseline and subject always share one
@@ -9,23 +9,19 @@ ratio should then come out at 1 and every difference at 0, which checks the meth
 
 from __future__ import annotations
 
-import contextlib
-import http.client
-import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
-import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import Any, Self
 
 import psutil
 
-from proxy.testing.net import free_port
+from proxy.testing.harness import HarnessError, free_port, http_json, proxy_env
+from proxy.testing.services import ProxyProcess, ServiceProcess, SimulatorProcess
 
 __all__ = [
     "API_KEY",
@@ -37,22 +33,16 @@ __all__ = [
     "SimulatorStack",
     "StackError",
     "Target",
-    "http_get",
-    "pull_models",
-    "sim_command",
-    "wait_http",
+    "http_post",
 ]
 
 REPO = Path(__file__).resolve().parents[1]
 CHAT_MODEL = "smollm2"
 EMBED_MODEL = "all-minilm:l6-v2"
 API_KEY = "bench-key-0123456789abcdef"
-_POLL = 0.002
-_STOP_GRACE = 10.0
 
-
-class StackError(RuntimeError):
-    """A process of the stack did not start, or died; the message holds its log tail."""
+StackError = HarnessError
+"""A process of the stack did not start, or died; the message holds its log tail."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,79 +57,16 @@ class Target:
         return {"name": self.name, "url": self.url, "headers": self.headers}
 
 
-def sim_command() -> list[str]:
-    """The ``ollama-sim`` executable of this environment."""
-    script = Path(sys.executable).with_name("ollama-sim")
-    if script.exists():
-        return [str(script)]
-    return [sys.executable, "-m", "proxy.testing.simulator"]
-
-
-def http_get(url: str, timeout: float = 1.0) -> tuple[int, bytes]:
-    """``GET url`` with the standard library; ``(0, b"")`` when nothing answers."""
-    rest = url.removeprefix("http://")
-    hostport, _, path = rest.partition("/")
-    host, _, port = hostport.partition(":")
-    conn = http.client.HTTPConnection(host, int(port or 80), timeout=timeout)
-    try:
-        conn.request("GET", "/" + path)
-        resp = conn.getresponse()
-        return resp.status, resp.read()
-    except OSError:
-        return 0, b""
-    finally:
-        conn.close()
-
-
-def http_post(url: str, body: dict[str, Any], headers: Mapping[str, str] | None = None) -> bytes:
-    """``POST url`` with a JSON body; returns the body.
+def http_post(url: str, body: dict[str, Any], headers: Mapping[str, str] | None = None) -> Any:
+    """``POST url`` with a JSON body; returns the answer.
 
     Raises:
         StackError: the answer is not 200.
     """
-    rest = url.removeprefix("http://")
-    hostport, _, path = rest.partition("/")
-    host, _, port = hostport.partition(":")
-    conn = http.client.HTTPConnection(host, int(port or 80), timeout=120)
-    try:
-        conn.request(
-            "POST",
-            "/" + path,
-            json.dumps(body),
-            {"Content-Type": "application/json", **(headers or {})},
-        )
-        resp = conn.getresponse()
-        raw = resp.read()
-    finally:
-        conn.close()
-    if resp.status != 200:
-        raise StackError(f"POST {url}: HTTP {resp.status}: {raw[:300]!r}")
-    return raw
-
-
-def wait_http(
-    url: str,
-    timeout: float,
-    proc: subprocess.Popen[bytes] | None = None,
-    log: Path | None = None,
-    want: int = 200,
-) -> float:
-    """Poll ``url`` every 2 ms until it answers ``want``; return ``time.monotonic()`` then.
-
-    Raises:
-        StackError: ``proc`` exited first, or ``timeout`` passed.
-    """
-    deadline = time.monotonic() + timeout
-    while True:
-        status, _ = http_get(url, timeout=1.0)
-        now = time.monotonic()
-        if status == want:
-            return now
-        if proc is not None and proc.poll() is not None:
-            raise StackError(f"{url}: process exited with {proc.returncode}{_tail(log)}")
-        if now > deadline:
-            raise StackError(f"{url}: no {want} within {timeout:g} s{_tail(log)}")
-        time.sleep(_POLL)
+    status, answer = http_json(url, method="POST", body=body, headers=headers, timeout=120)
+    if status != 200:
+        raise StackError(f"POST {url}: HTTP {status}: {str(answer)[:300]}")
+    return answer
 
 
 def pull_models(base_url: str, models: list[str]) -> None:
@@ -148,47 +75,8 @@ def pull_models(base_url: str, models: list[str]) -> None:
         http_post(f"{base_url}/api/pull", {"model": model, "stream": False})
 
 
-def _tail(log: Path | None, lines: int = 15) -> str:
-    if log is None or not log.exists():
-        return ""
-    text = log.read_text(errors="replace").splitlines()[-lines:]
-    return "\n  log tail:\n    " + "\n    ".join(text)
-
-
-def _spawn(cmd: list[str], env: Mapping[str, str], log: Path) -> subprocess.Popen[bytes]:
-    log.parent.mkdir(parents=True, exist_ok=True)
-    handle: IO[bytes] = log.open("ab")
-    try:
-        return subprocess.Popen(
-            cmd,
-            env=dict(env),
-            stdout=handle,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,
-            cwd=REPO,
-        )
-    finally:
-        handle.close()
-
-
-def _stop(proc: subprocess.Popen[bytes] | None) -> None:
-    """SIGTERM the process group, wait, then SIGKILL the group."""
-    if proc is None:
-        return
-    if proc.poll() is None:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGTERM)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            proc.wait(_STOP_GRACE)
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(proc.pid, signal.SIGKILL)
-    with contextlib.suppress(subprocess.TimeoutExpired):
-        proc.wait(5)
-
-
-class SimulatorStack:
-    """A standalone ``ollama-sim serve`` with the bench models pulled.
+class SimulatorStack(SimulatorProcess):
+    """A standalone ``ollama-sim serve``, with the bench models pulled by :meth:`start`.
 
     Args:
         workdir: where its log and (by default) its models go.
@@ -204,47 +92,19 @@ class SimulatorStack:
         models_dir: Path | None = None,
         name: str = "sim",
     ) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.models_dir = models_dir or workdir / f"{name}-models"
-        self.log = workdir / f"{name}-{self.port}.log"
-        self._env = {
-            **os.environ,
-            "OLLAMA_MODELS": str(self.models_dir),
-            **(sim_env or {}),
-            "OLLAMA_HOST": f"127.0.0.1:{self.port}",
-        }
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.spawned_at = 0.0
+        super().__init__(
+            sim_env,
+            models_dir=models_dir or workdir / f"{name}-models",
+            log_path=workdir / f"{name}.log",
+        )
 
-    @property
-    def pid(self) -> int:
-        assert self.proc is not None
-        return self.proc.pid
-
-    def spawn(self) -> None:
-        self.spawned_at = time.monotonic()
-        self.proc = _spawn([*sim_command(), "serve"], self._env, self.log)
-
-    def start(self, pull: bool = True, timeout: float = 30.0) -> SimulatorStack:
-        self.spawn()
-        wait_http(f"{self.url}/api/version", timeout, self.proc, self.log)
-        if pull:
-            pull_models(self.url, [CHAT_MODEL, EMBED_MODEL])
+    def start(self) -> Self:
+        super().start()
+        pull_models(self.url, [CHAT_MODEL, EMBED_MODEL])
         return self
 
     def target(self, name: str = "direct") -> Target:
         return Target(name, self.url, {})
-
-    def stop(self) -> None:
-        _stop(self.proc)
-        self.proc = None
-
-    def __enter__(self) -> SimulatorStack:
-        return self.start()
-
-    def __exit__(self, *_exc: object) -> None:
-        self.stop()
 
 
 class ProxyStack:
@@ -267,79 +127,57 @@ class ProxyStack:
         name: str = "proxy",
         python_args: tuple[str, ...] = (),
     ) -> None:
+        models_dir = models_dir or workdir / f"{name}-models"
         self.aa = aa
-        self._python_args = python_args
-        self.workdir = workdir
-        self.internal_port = free_port()
-        self.port = free_port()
-        self.models_dir = models_dir or workdir / f"{name}-models"
-        self.log = workdir / f"{name}-{self.port}.log"
-        self.direct_url = f"http://127.0.0.1:{self.internal_port}"
-        self.proxy_url = f"http://127.0.0.1:{self.port}"
-        self._sim: SimulatorStack | None = None
-        self._sim_env = dict(sim_env or {})
-        self.env = {
-            **os.environ,
-            **self._sim_env,
-            "OLLAMA_BIN": str(Path(sys.executable).with_name("ollama-sim")),
-            "OLLAMA_MODELS": str(self.models_dir),
-            "OLLAMA_INTERNAL_HOST": f"127.0.0.1:{self.internal_port}",
-            "OLLAMA_CHAT_MODELS": CHAT_MODEL,
-            "OLLAMA_EMBEDDING_MODELS": EMBED_MODEL,
-            "PROXY_HOST": "127.0.0.1",
-            "PROXY_PORT": str(self.port),
-            "PROXY_API_KEY": API_KEY,
-            "PROXY_MAX_CONCURRENCY": "1024",
-            "PROXY_MAX_QUEUE": "1024",
-            "LOG_FORMAT": "json",
-            "LOG_LEVEL": "info",
+        self.process: ServiceProcess
+        if aa:
+            self.process = SimulatorStack(workdir, sim_env, models_dir=models_dir, name="aa-sim")
+            self.direct_url = self.proxy_url = self.process.url
+            self._headers: dict[str, str] = {}
+            return
+        env = proxy_env(
+            workdir / name,
+            **(sim_env or {}),
+            OLLAMA_MODELS=str(models_dir),
+            OLLAMA_CHAT_MODELS=CHAT_MODEL,
+            OLLAMA_EMBEDDING_MODELS=EMBED_MODEL,
+            PROXY_API_KEY=API_KEY,
+            PROXY_MAX_CONCURRENCY="1024",
+            PROXY_MAX_QUEUE="1024",
             **(extra_env or {}),
-        }
-        self.env.pop("OLLAMA_HOST", None)
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.spawned_at = 0.0
+        )
+        proxy = ProxyProcess(env, log_path=workdir / f"{name}.log", python_args=python_args)
+        self.process = proxy
+        self.direct_url, self.proxy_url = proxy.ollama_url, proxy.url
+        self._headers = proxy.headers
 
-    # ------------------------------------------------------------------ lifecycle
+    @property
+    def env(self) -> dict[str, str]:
+        """The environment the stack's process runs with."""
+        return self.process.env
+
+    @property
+    def log(self) -> Path:
+        return self.process.log_path
+
+    @property
+    def spawned_at(self) -> float:
+        return self.process.spawned_at
 
     def spawn(self) -> None:
-        """Start the process(es) without waiting."""
-        self.spawned_at = time.monotonic()
-        if self.aa:
-            self._sim = SimulatorStack(
-                self.workdir, self._sim_env, models_dir=self.models_dir, name="aa-sim"
-            )
-            self._sim.spawn()
-            self.direct_url = self.proxy_url = self._sim.url
-            self.proc = self._sim.proc
-            return
-        cmd = [sys.executable, *self._python_args, "-m", "proxy", "serve"]
-        self.proc = _spawn(cmd, self.env, self.log)
+        """Start the process without waiting."""
+        self.process.spawn()
 
-    def wait_ready(self, timeout: float = 60.0) -> float:
-        """Block until ``/readyz`` answers 200 (A/A: the simulator answers, models pulled)."""
-        if self._sim is not None:
-            at = wait_http(f"{self._sim.url}/api/version", timeout, self._sim.proc, self._sim.log)
-            pull_models(self._sim.url, [CHAT_MODEL, EMBED_MODEL])
-            return at
-        return wait_http(f"{self.proxy_url}/readyz", timeout, self.proc, self.log)
+    def check_running(self) -> None:
+        """Raise :class:`StackError` if the process has exited."""
+        self.process.check_running()
 
-    def start(self, timeout: float = 60.0) -> ProxyStack:
-        self.spawn()
-        try:
-            self.wait_ready(timeout)
-        except BaseException:
-            self.stop()
-            raise
+    def start(self) -> ProxyStack:
+        self.process.start()
         return self
 
     def stop(self) -> None:
-        if self._sim is not None:
-            self._sim.stop()
-            self._sim = None
-            self.proc = None
-            return
-        _stop(self.proc)
-        self.proc = None
+        self.process.stop()
 
     def __enter__(self) -> ProxyStack:
         return self.start()
@@ -347,30 +185,26 @@ class ProxyStack:
     def __exit__(self, *_exc: object) -> None:
         self.stop()
 
-    # ------------------------------------------------------------------ what to measure
-
     @property
     def proxy_pid(self) -> int:
         """The proxy's pid (A/A: the simulator's)."""
-        assert self.proc is not None
-        return self.proc.pid
+        return self.process.pid
 
     @property
     def backend_pid(self) -> int:
         """The pid of the simulator the proxy forwards to."""
-        if self._sim is not None:
-            return self._sim.pid
-        for child in psutil.Process(self.proxy_pid).children(recursive=True):
-            with contextlib.suppress(psutil.Error):
-                if any("ollama-sim" in part or "simulator" in part for part in child.cmdline()):
-                    return child.pid
-        raise StackError("the proxy has no ollama-sim child")
+        if isinstance(self.process, ProxyProcess):
+            child = self.process.ollama()
+            if child is None:
+                raise StackError("the proxy has no ollama-sim child")
+            return int(child.pid)
+        return self.process.pid
 
     def direct(self, name: str = "direct") -> Target:
         return Target(name, self.direct_url, {})
 
     def proxy(self, name: str = "proxy") -> Target:
-        return Target(name, self.proxy_url, {"Authorization": f"Bearer {API_KEY}"})
+        return Target(name, self.proxy_url, self._headers)
 
 
 # ---------------------------------------------------------------------- LiteLLM
@@ -419,7 +253,7 @@ def ensure_litellm(log: Path) -> Path:
     return exe
 
 
-class LiteLLMStack:
+class LiteLLMStack(ServiceProcess):
     """LiteLLM's proxy in front of an Ollama-compatible backend (its OpenAI-compatible provider).
 
     The OpenAI-compatible provider (``openai/<model>`` with ``api_base=<backend>/v1``) is the
@@ -428,40 +262,12 @@ class LiteLLMStack:
     it runs one worker, as our proxy does.
     """
 
+    ready_timeout = 120.0
+
     def __init__(self, workdir: Path, backend_url: str, exe: Path) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log = workdir / f"litellm-{self.port}.log"
-        self.config = workdir / f"litellm-{self.port}.yaml"
-        self._exe = exe
+        port = free_port()
+        self.config = workdir / f"litellm-{port}.yaml"
         self._backend = backend_url
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def _write_config(self) -> None:
-        api_base = f"{self._backend}/v1"
-        self.config.write_text(
-            "model_list:\n"
-            f"  - model_name: {CHAT_MODEL}\n"
-            "    litellm_params:\n"
-            f"      model: openai/{CHAT_MODEL}\n"
-            f"      api_base: {api_base}\n"
-            "      api_key: unused\n"
-            f"  - model_name: {EMBED_MODEL}\n"
-            "    litellm_params:\n"
-            f"      model: openai/{EMBED_MODEL}\n"
-            f"      api_base: {api_base}\n"
-            "      api_key: unused\n"
-            "litellm_settings:\n"
-            "  telemetry: false\n"
-            "  drop_params: true\n"
-            "  set_verbose: false\n"
-            "general_settings:\n"
-            f"  master_key: {LITELLM_KEY}\n"
-            "  disable_spend_logs: true\n"
-        )
-
-    def start(self, timeout: float = 120.0) -> LiteLLMStack:
-        self._write_config()
         env = {
             **os.environ,
             "LITELLM_LOCAL_MODEL_COST_MAP": "True",
@@ -472,41 +278,43 @@ class LiteLLMStack:
         }
         for key in ("DATABASE_URL", "OPENAI_API_KEY", "OPENAI_BASE_URL"):
             env.pop(key, None)
-        cmd = [
-            str(self._exe),
-            "--config",
-            str(self.config),
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(self.port),
-            "--num_workers",
-            "1",
-        ]
-        self.proc = _spawn(cmd, env, self.log)
-        try:
-            wait_http(f"{self.url}/health/readiness", timeout, self.proc, self.log)
-        except BaseException:
-            self.stop()
-            raise
+        argv = [str(exe), "--config", str(self.config), "--host", "127.0.0.1"]
+        argv += ["--port", str(port), "--num_workers", "1"]
+        super().__init__(
+            argv,
+            env=env,
+            url=f"http://127.0.0.1:{port}",
+            log_path=workdir / f"litellm-{port}.log",
+            ready_path="/health/readiness",
+        )
+
+    def start(self) -> LiteLLMStack:
+        api_base = f"{self._backend}/v1"
+        models = "".join(
+            f"  - model_name: {model}\n"
+            "    litellm_params:\n"
+            f"      model: openai/{model}\n"
+            f"      api_base: {api_base}\n"
+            "      api_key: unused\n"
+            for model in (CHAT_MODEL, EMBED_MODEL)
+        )
+        self.config.write_text(
+            "model_list:\n" + models + "litellm_settings:\n"
+            "  telemetry: false\n"
+            "  drop_params: true\n"
+            "  set_verbose: false\n"
+            "general_settings:\n"
+            f"  master_key: {LITELLM_KEY}\n"
+            "  disable_spend_logs: true\n"
+        )
+        super().start()
         return self
 
     @property
     def pids(self) -> list[int]:
         """The LiteLLM process and all its descendants (their CPU is all LiteLLM's)."""
-        assert self.proc is not None
-        root = psutil.Process(self.proc.pid)
+        root = psutil.Process(self.pid)
         return [root.pid, *(c.pid for c in root.children(recursive=True))]
 
     def target(self, name: str = "litellm") -> Target:
         return Target(name, self.url, {"Authorization": f"Bearer {LITELLM_KEY}"})
-
-    def stop(self) -> None:
-        _stop(self.proc)
-        self.proc = None
-
-    def __enter__(self) -> LiteLLMStack:
-        return self.start()
-
-    def __exit__(self, *_exc: object) -> None:
-        self.stop()

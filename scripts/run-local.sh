@@ -6,4 +6,4 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 scripts/bootstrap.sh
-exec .venv/bin/python -m proxy.testing.demo "$@"
+exec .venv/bin/python -m proxy.demo "$@"

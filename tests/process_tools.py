@@ -3,28 +3,9 @@
 from __future__ import annotations
 
 import contextlib
-import time
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import psutil
-import pytest
-
-POLL_INTERVAL = 0.02
-"""Seconds between two looks of :func:`wait_until`."""
-
-
-def wait_until(predicate: Callable[[], Any], timeout: float, what: str) -> Any:
-    """Poll ``predicate`` until it returns something truthy; return it, or fail naming ``what``."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout:g}s waiting for {what}")
-        time.sleep(POLL_INTERVAL)
 
 
 def alive(pid: int) -> bool:

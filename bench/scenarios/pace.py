@@ -10,7 +10,7 @@ directly and then through the proxy (order alternated) with identical per-worker
 * delivery: every completed stream through the proxy must carry the same chunks, in the same
   order, as the same worker's stream direct (a digest of each chunk's delta and finish reason),
   and the text must equal the simulator's deterministic output
-  (:func:`proxy.testing.simulator.generation.expected_text`).
+  (:func:`proxy.testing.simulator.expected_text`).
 
 Then the token delay is stepped down (a new stack per pace) until the tokens/s ratio drops
 below 0.98: the pace at which the proxy starts to fall behind on this machine.

@@ -11,7 +11,7 @@ Method, per round (the backend's start is slowed by ``SIM_START_DELAY`` = D):
   pull's progress lines): spawn → first answered request.
 
 Round i adds ``i/rounds x 100 ms`` to D, so the rounds cover every phase of the proxy's own
-poll of the backend (its interval grows to at most 100 ms): the spread shows the worst case.
+poll of the backend (its interval grows to at most 20 ms): the spread shows the worst case.
 
 The tutorial's readiness is its fixed ``time.sleep(3)`` after ``Popen``: it proceeds 3 s after
 spawning whatever the backend does, so its lag behind the backend is ``3000 ms - T_sim`` (and
@@ -26,8 +26,9 @@ from pathlib import Path
 
 from bench.context import SHORT_TOKENS, Bench, chat_body
 from bench.report import ScenarioResult, Target
-from bench.stack import API_KEY, ProxyStack, SimulatorStack, http_get, http_post
+from bench.stack import API_KEY, ProxyStack, SimulatorStack, http_post
 from bench.stats import ratio
+from proxy.testing.harness import http_json
 
 NAME = "readiness"
 TITLE = "Readiness lag and cold start"
@@ -47,15 +48,14 @@ def _observe(stack: ProxyStack) -> tuple[float, float, float]:
     deadline = t0 + _TIMEOUT
     while not ready:
         if not backend:
-            status, _ = http_get(f"{stack.direct_url}/api/version", timeout=1.0)
+            status, _ = http_json(f"{stack.direct_url}/api/version", timeout=1.0)
             if status == 200:
                 backend = time.monotonic()
-        status, _ = http_get(f"{stack.proxy_url}/readyz", timeout=1.0)
+        status, _ = http_json(f"{stack.proxy_url}/readyz", timeout=1.0)
         if status == 200:
             ready = time.monotonic()
             break
-        if stack.proc is not None and stack.proc.poll() is not None:
-            raise RuntimeError(f"the proxy exited with {stack.proc.returncode}; see {stack.log}")
+        stack.check_running()
         if time.monotonic() > deadline:
             raise RuntimeError(f"the proxy was not ready within {_TIMEOUT:g} s; see {stack.log}")
         time.sleep(0.001)
@@ -73,9 +73,9 @@ def _sim_start_ms(bench: Bench, sim_env: dict[str, str], models: Path) -> float:
         status = 0
         deadline = sim.spawned_at + _TIMEOUT
         while status != 200:
-            status, _ = http_get(f"{sim.url}/api/version", timeout=1.0)
+            status, _ = http_json(f"{sim.url}/api/version", timeout=1.0)
             if time.monotonic() > deadline:
-                raise RuntimeError(f"the simulator did not start; see {sim.log}")
+                raise RuntimeError(f"the simulator did not start; see {sim.log_path}")
             if status != 200:
                 time.sleep(0.001)
         return (time.monotonic() - sim.spawned_at) * 1000
@@ -98,8 +98,8 @@ def run(bench: Bench) -> ScenarioResult:
         [] for _ in range(7)
     )
     for i in range(p.readiness_rounds):
-        # Shift the backend's start across one poll period of the proxy (100 ms at most between
-        # polls), so the rounds sample every phase of its poll instead of the same one.
+        # Shift the backend's start across several poll periods of the proxy (20 ms at most
+        # between polls), so the rounds sample every phase of its poll instead of the same one.
         sim_env["SIM_START_DELAY"] = f"{delay + _PHASE_SPAN * i / p.readiness_rounds:.4f}"
         t_sim = _sim_start_ms(bench, sim_env, present)
         stack = bench.stack(sim_env, models_dir=present, name=f"ready-{i}")

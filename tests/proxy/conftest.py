@@ -8,7 +8,7 @@ import aiohttp
 import pytest_asyncio
 from proxy_support import Proxy, serve_proxy, simulator
 
-from proxy.testing.simulator import SimulatorProcess
+from proxy.testing.services import SimulatorProcess
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")

@@ -19,13 +19,13 @@ from typing import Any
 
 import aiohttp
 from aiohttp import web
-from aiohttp.test_utils import TestServer
 
 from proxy.app import create_app
 from proxy.catalog import Catalog
 from proxy.config import Settings
 from proxy.state import InstanceState, ModelStatus, OllamaStatus
-from proxy.testing.simulator import SimulatorProcess
+from proxy.testing.harness import serve_app
+from proxy.testing.services import SimulatorProcess
 
 API_KEY = "test-api-key-0123456789abcdef"
 ADMIN_KEY = "test-admin-key-0123456789abcdef"
@@ -86,12 +86,8 @@ async def serve_proxy(
     settings = make_settings(sim_url, **overrides)
     state = state if state is not None else ready_state(settings.catalog)
     app = create_app(settings, state)
-    server = TestServer(app, host="127.0.0.1")
-    await server.start_server()
-    try:
-        yield Proxy(f"http://127.0.0.1:{server.port}", app, settings, state)
-    finally:
-        await server.close()
+    async with serve_app(app) as url:
+        yield Proxy(url, app, settings, state)
 
 
 async def pull(sim_url: str, *models: str) -> None:

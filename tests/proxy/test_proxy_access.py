@@ -13,7 +13,7 @@ import structlog
 from proxy_support import ADMIN_KEY, API_KEY, CHAT, EMBED, MESSAGES, Proxy, serve_proxy
 
 from proxy.appkeys import METRICS
-from proxy.testing.simulator import SimulatorProcess
+from proxy.testing.services import SimulatorProcess
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 

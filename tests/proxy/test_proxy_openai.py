@@ -21,7 +21,8 @@ from proxy_support import (
     Proxy,
 )
 
-from proxy.testing.simulator import SimulatorProcess, expected_embedding, expected_text
+from proxy.testing.services import SimulatorProcess
+from proxy.testing.simulator import expected_embedding, expected_text
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 

@@ -18,7 +18,7 @@ from aiohttp.test_utils import TestServer
 from proxy_support import API_KEY, CHAT, MESSAGES, PROMPT, Proxy, serve_proxy, simulator
 
 from proxy.appkeys import GUARD
-from proxy.testing.simulator import SimulatorProcess
+from proxy.testing.services import SimulatorProcess
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 

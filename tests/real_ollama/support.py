@@ -22,7 +22,7 @@ from typing import Any
 import psutil
 import pytest
 
-from proxy.testing.net import free_port
+from proxy.testing.harness import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 

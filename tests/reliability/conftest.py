@@ -8,7 +8,9 @@ from collections.abc import Iterator
 
 import pytest
 
-from .helpers import SECRETS, TALLY, ProxyProc, start_proxy
+from proxy.testing.services import ProxyProcess
+
+from .helpers import SECRETS, TALLY, start_proxy
 
 MAIN_TOKEN_DELAY = 0.01
 """SIM_TOKEN_DELAY of the shared proxy: streams take ~12 x 10 ms."""
@@ -21,7 +23,7 @@ MAIN_CONCURRENCY = 256
 
 
 @pytest.fixture(scope="session")
-def main_proxy(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ProxyProc]:
+def main_proxy(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ProxyProcess]:
     """One long-lived ``python -m proxy serve`` + simulator for load, hostile and auth tests."""
     proxy = start_proxy(
         tmp_path_factory.mktemp("main-proxy"),

@@ -13,27 +13,25 @@ import http.client
 import json
 import os
 import secrets
-import signal
 import socket
-import subprocess
 import sys
 from collections import Counter
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 import psutil
-import pytest
 
-from proxy.testing.net import free_port
+from proxy.testing.harness import http_json as http_json
+from proxy.testing.harness import proxy_env
+from proxy.testing.harness import wait_until as wait_until
+from proxy.testing.services import ProxyProcess
 from proxy.testing.simulator import expected_embedding, expected_tokens
 from tests.process_tools import alive as alive
 from tests.process_tools import is_sim as is_sim
 from tests.process_tools import kill_tree as kill_tree
 from tests.process_tools import sims_using as sims_using
-from tests.process_tools import wait_until as wait_until
 
 REPO = Path(__file__).resolve().parents[2]
 PACKAGE_DIR = REPO / "deployment_package"
@@ -120,37 +118,6 @@ def fds_redirected(path: Path) -> Iterator[None]:
 # -- waiting --------------------------------------------------------------------------------------
 
 
-def http_json(
-    url: str,
-    *,
-    method: str = "GET",
-    body: Any = None,
-    headers: Mapping[str, str] | None = None,
-    timeout: float = HTTP_TIMEOUT,
-) -> tuple[int, Any]:
-    """One request over a fresh connection; ``(status, JSON or text)``; ``(0, error)`` if none."""
-    parts = urlsplit(url)
-    path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-    data = (
-        None if body is None else (body if isinstance(body, bytes) else json.dumps(body).encode())
-    )
-    conn = http.client.HTTPConnection(parts.hostname or "127.0.0.1", parts.port, timeout=timeout)
-    try:
-        conn.request(
-            method, path, body=data, headers={"Content-Type": "application/json", **(headers or {})}
-        )
-        response = conn.getresponse()
-        raw = response.read()
-    except OSError as exc:
-        return 0, str(exc)
-    finally:
-        conn.close()
-    try:
-        return response.status, json.loads(raw)
-    except ValueError:
-        return response.status, raw.decode(errors="replace")
-
-
 # -- processes ------------------------------------------------------------------------------------
 
 
@@ -170,157 +137,20 @@ def established(conns: Sequence[Any]) -> list[Any]:
 
 
 def base_env(tmp: Path, **overrides: str) -> dict[str, str]:
-    """A proxy environment: the simulator as OLLAMA_BIN, free loopback ports, both keys, JSON
-    logs, fast pulls; the fake UbiOps token is present so that the log scan can look for it."""
-    models = tmp / "models"
-    state = tmp / "sim-state"
-    models.mkdir(parents=True, exist_ok=True)
-    state.mkdir(parents=True, exist_ok=True)
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("OLLAMA_", "SIM_", "PROXY_"))}
-    env.update(
-        OLLAMA_BIN=str(SIM_BIN),
-        OLLAMA_INTERNAL_HOST=f"127.0.0.1:{free_port()}",
-        OLLAMA_MODELS=str(models),
-        OLLAMA_CHAT_MODELS=CHAT,
-        OLLAMA_EMBEDDING_MODELS=EMBED,
-        MODEL_ALIASES=f"{CHAT_ALIAS}={CHAT};{EMBED_ALIAS}={EMBED}",
-        PROXY_HOST="127.0.0.1",
-        PROXY_PORT=str(free_port()),
-        PROXY_API_KEY=API_KEY,
-        PROXY_ADMIN_KEY=ADMIN_KEY,
-        UBIOPS_API_TOKEN=UBIOPS_TOKEN,
-        LOG_FORMAT="json",
-        LOG_LEVEL="info",
-        SIM_STATE_DIR=str(state),
-        SIM_PULL_DELAY="0.001",
-        SIM_PULL_STEPS="3",
-        SHUTDOWN_GRACE="5",
-        READY_TIMEOUT="60",
-        PYTHONUNBUFFERED="1",
-    )
-    env.update(overrides)
-    return env
+    """:func:`~proxy.testing.harness.proxy_env` with both keys, the aliases and the fake UbiOps
+    token (present so that the log scan can look for it)."""
+    defaults = {
+        "MODEL_ALIASES": f"{CHAT_ALIAS}={CHAT};{EMBED_ALIAS}={EMBED}",
+        "PROXY_API_KEY": API_KEY,
+        "PROXY_ADMIN_KEY": ADMIN_KEY,
+        "UBIOPS_API_TOKEN": UBIOPS_TOKEN,
+    }
+    return proxy_env(tmp, **{**defaults, **overrides})
 
 
-@dataclass(repr=False)
-class ProxyProc:
-    """A running ``python -m proxy serve`` with its output in ``log_path``."""
-
-    popen: subprocess.Popen[bytes]
-    env: dict[str, str]
-    log_path: Path
-
-    def __repr__(self) -> str:  # no environment: it holds the keys
-        return f"ProxyProc(pid={self.pid}, url={self.url}, log={self.log_path.name})"
-
-    @property
-    def pid(self) -> int:
-        return self.popen.pid
-
-    @property
-    def port(self) -> int:
-        return int(self.env["PROXY_PORT"])
-
-    @property
-    def ollama_port(self) -> int:
-        return int(self.env["OLLAMA_INTERNAL_HOST"].rsplit(":", 1)[1])
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    @property
-    def models_dir(self) -> Path:
-        return Path(self.env["OLLAMA_MODELS"])
-
-    @property
-    def state_dir(self) -> Path:
-        return Path(self.env["SIM_STATE_DIR"])
-
-    @property
-    def auth(self) -> dict[str, str]:
-        return {"Authorization": f"Bearer {API_KEY}"}
-
-    def readyz(self) -> tuple[int, Any]:
-        return http_json(f"{self.url}/readyz", timeout=3.0)
-
-    def wait_ready(self, timeout: float = READY_TIMEOUT) -> Any:
-        def ready() -> Any:
-            self.assert_running()
-            status, body = self.readyz()
-            return body if status == 200 else None
-
-        return wait_until(ready, timeout, f"{self.url}/readyz 200 (log tail: {self.log_tail()})")
-
-    def assert_running(self) -> None:
-        code = self.popen.poll()
-        if code is not None:
-            pytest.fail(f"the proxy exited with {code} (log tail: {self.log_tail()})")
-
-    def ollama(self) -> psutil.Process | None:
-        """The live simulator child, if any."""
-        try:
-            children = psutil.Process(self.pid).children()
-        except psutil.NoSuchProcess:
-            return None
-        sims = [c for c in children if is_sim(c) and alive(c.pid)]
-        return sims[0] if sims else None
-
-    def wait_ollama(self, timeout: float = READY_TIMEOUT) -> psutil.Process:
-        found: psutil.Process = wait_until(self.ollama, timeout, "the ollama child")
-        return found
-
-    def pulls(self) -> list[dict[str, Any]]:
-        path = self.state_dir / "pulls.log"
-        if not path.exists():
-            return []
-        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-    def log_lines(self) -> list[str]:
-        return self.log_path.read_text(errors="replace").splitlines()
-
-    def events(self) -> list[dict[str, Any]]:
-        out = []
-        for line in self.log_lines():
-            with contextlib.suppress(ValueError):
-                event = json.loads(line)
-                if isinstance(event, dict):
-                    out.append(event)
-        return out
-
-    def log_tail(self, lines: int = 12) -> str:
-        return "\n".join(self.log_lines()[-lines:])
-
-    def stop(self) -> int | None:
-        """SIGTERM, wait, then kill whatever is left of the tree; the exit status."""
-        if self.popen.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                self.popen.send_signal(signal.SIGTERM)
-            try:
-                self.popen.wait(EXIT_TIMEOUT)
-            except subprocess.TimeoutExpired:
-                kill_tree(self.pid)
-                self.popen.wait(EXIT_TIMEOUT)
-        for proc in sims_using(self.models_dir):
-            proc.kill()
-        return self.popen.returncode
-
-
-def start_proxy(tmp: Path, name: str, **env: str) -> ProxyProc:
-    """Start ``python -m proxy serve`` with :func:`base_env` plus ``env``; output captured."""
-    assert SIM_BIN.exists(), f"the simulator executable is missing: {SIM_BIN}"
-    full = base_env(tmp, **env)
-    log_path = capture_log(tmp / f"{name}.log")
-    with log_path.open("ab") as log_file:
-        popen = subprocess.Popen(
-            [sys.executable, "-m", "proxy", "serve"],
-            env=full,
-            stdout=log_file,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            cwd=REPO,
-        )
-    return ProxyProc(popen=popen, env=full, log_path=log_path)
+def start_proxy(tmp: Path, name: str, **env: str) -> ProxyProcess:
+    """Spawn ``python -m proxy serve`` with :func:`base_env` plus ``env``; output captured."""
+    return ProxyProcess(base_env(tmp, **env), log_path=capture_log(tmp / f"{name}.log")).spawn()
 
 
 # -- expected output, checked chunk by chunk -------------------------------------------------------

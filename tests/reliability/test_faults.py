@@ -31,7 +31,7 @@ from .helpers import (
     EMBED,
     EXIT_TIMEOUT,
     TALLY,
-    ProxyProc,
+    ProxyProcess,
     alive,
     check_embedding,
     check_ndjson,
@@ -179,7 +179,7 @@ async def wait_started(outcomes: list[Outcome], timeout: float = STREAM_TIMEOUT)
     await asyncio.wait_for(asyncio.gather(*(o.started.wait() for o in outcomes)), timeout)
 
 
-async def _ready(proxy: ProxyProc) -> None:
+async def _ready(proxy: ProxyProcess) -> None:
     await asyncio.to_thread(proxy.wait_ready)
 
 
@@ -194,9 +194,9 @@ async def session() -> AsyncIterator[aiohttp.ClientSession]:
 @pytest.fixture
 def proxies(tmp_path: Path) -> Any:
     """Factory ``proxies(name, **env)``; every proxy is stopped (tree killed) at the end."""
-    started: list[ProxyProc] = []
+    started: list[ProxyProcess] = []
 
-    def start(name: str, **env: str) -> ProxyProc:
+    def start(name: str, **env: str) -> ProxyProcess:
         proxy = start_proxy(tmp_path / name, name, **env)
         started.append(proxy)
         return proxy
@@ -212,7 +212,7 @@ class _ReadyzWatch:
     A thread, so that clients blocking the test's event loop cannot hide a short 503 window.
     """
 
-    def __init__(self, proxy: ProxyProc) -> None:
+    def __init__(self, proxy: ProxyProcess) -> None:
         self.seen: list[tuple[float, int, str]] = []
         self._url = f"{proxy.url}/readyz"
         self._stop = threading.Event()
@@ -250,7 +250,7 @@ KILL_TOKEN_DELAY = 0.04
 
 
 async def test_ollama_sigkill_mid_stream_fails_every_client_cleanly_then_recovers(
-    proxies: Callable[..., ProxyProc], session: aiohttp.ClientSession
+    proxies: Callable[..., ProxyProcess], session: aiohttp.ClientSession
 ) -> None:
     proxy = proxies(
         "kill-ollama", SIM_TOKEN_DELAY=str(KILL_TOKEN_DELAY), SIM_NUM_TOKENS=str(KILL_TOKENS)
@@ -288,7 +288,7 @@ async def test_ollama_sigkill_mid_stream_fails_every_client_cleanly_then_recover
     recovered_at = time.monotonic()
     statuses = [status for t, status, _ in seen if t >= killed_at]
     assert 503 in statuses, f"/readyz flipped to 503 after the kill: {seen[:5]}"
-    body = proxy.readyz()[1]
+    body = proxy.get("/readyz")[1]
     assert body["ollama"]["restarts"] == 1, body
 
     new_sim = proxy.wait_ollama()
@@ -317,7 +317,7 @@ START_DELAY = 1.0
 
 
 async def test_slow_start_and_failing_pulls_end_ready_and_cut_streams_fail_cleanly(
-    proxies: Callable[..., ProxyProc], session: aiohttp.ClientSession
+    proxies: Callable[..., ProxyProcess], session: aiohttp.ClientSession
 ) -> None:
     proxy = proxies(
         "flaky",
@@ -435,7 +435,7 @@ def _gone_after(
     ids=["sse", "ndjson-generate", "ndjson-chat"],
 )
 def test_client_disconnect_mid_stream_closes_the_upstream_within_100ms(
-    proxies: Callable[..., ProxyProc], path: str, body: dict[str, Any]
+    proxies: Callable[..., ProxyProcess], path: str, body: dict[str, Any]
 ) -> None:
     proxy = proxies("disconnect", SIM_TOKEN_DELAY="0.05", SIM_NUM_TOKENS="200")
     proxy.wait_ready()
@@ -458,7 +458,7 @@ def test_client_disconnect_mid_stream_closes_the_upstream_within_100ms(
     assert proxy_gone <= CANCEL_LIMIT, f"the proxy closed its upstream after {proxy_gone:.3f}s"
     assert sim_gone <= CANCEL_LIMIT, f"the simulator saw the close after {sim_gone:.3f}s"
     # The proxy stays healthy and logs the disconnect as a client-side event.
-    status, _ = proxy.readyz()
+    status, _ = proxy.get("/readyz")
     assert status == 200
     DISCONNECT_MS.append(max(proxy_gone, sim_gone) * 1000)
     TALLY.fault(
@@ -480,7 +480,7 @@ EXIT_MARGIN = 1.5
 
 
 async def test_sigterm_under_load_finishes_or_fails_cleanly_and_exits_0(
-    proxies: Callable[..., ProxyProc], session: aiohttp.ClientSession
+    proxies: Callable[..., ProxyProcess], session: aiohttp.ClientSession
 ) -> None:
     proxy = proxies(
         "sigterm",
@@ -551,7 +551,7 @@ async def test_sigterm_under_load_finishes_or_fails_cleanly_and_exits_0(
 
 
 async def test_sigterm_with_zero_grace_cancels_in_flight_streams_at_once(
-    proxies: Callable[..., ProxyProc], session: aiohttp.ClientSession
+    proxies: Callable[..., ProxyProcess], session: aiohttp.ClientSession
 ) -> None:
     proxy = proxies(
         "sigterm-0",

@@ -26,7 +26,7 @@ from .helpers import (
     CHAT,
     EMBED,
     TALLY,
-    ProxyProc,
+    ProxyProcess,
     StreamMismatch,
     check_embedding,
     check_ndjson,
@@ -61,7 +61,7 @@ Check = Callable[[aiohttp.ClientSession, "Clients", int, str], Awaitable[int]]
 class Clients:
     """The real client libraries, pointed at the proxy."""
 
-    def __init__(self, proxy: ProxyProc) -> None:
+    def __init__(self, proxy: ProxyProcess) -> None:
         self.url = proxy.url
         self.openai = openai.AsyncOpenAI(
             base_url=f"{proxy.url}/v1", api_key=API_KEY, max_retries=0, timeout=RUN_TIMEOUT
@@ -169,7 +169,7 @@ CHECKS: tuple[Check, ...] = (
 )
 
 
-async def _run(proxy: ProxyProc, tag: str) -> tuple[int, list[str]]:
+async def _run(proxy: ProxyProcess, tag: str) -> tuple[int, list[str]]:
     """CONCURRENCY requests at once; (chunks checked, failures)."""
     clients = Clients(proxy)
     connector = aiohttp.TCPConnector(limit=0)
@@ -198,7 +198,7 @@ async def _run(proxy: ProxyProc, tag: str) -> tuple[int, list[str]]:
     return chunks, failures
 
 
-def _snapshot(proxy: ProxyProc) -> dict[str, int]:
+def _snapshot(proxy: ProxyProcess) -> dict[str, int]:
     process = psutil.Process(proxy.pid)
     upstream = tcp_connections(proxy.pid, proxy.ollama_port)
     return {
@@ -213,7 +213,7 @@ def _snapshot(proxy: ProxyProc) -> dict[str, int]:
     }
 
 
-def _settled(proxy: ProxyProc) -> bool:
+def _settled(proxy: ProxyProcess) -> bool:
     """No client connection left on the proxy's port, no slot held, nothing queued."""
     clients = tcp_connections(proxy.pid, proxy.port, remote=False)
     if clients:
@@ -229,12 +229,12 @@ def _settled(proxy: ProxyProc) -> bool:
     )
 
 
-def _stream_errors(proxy: ProxyProc) -> int:
+def _stream_errors(proxy: ProxyProcess) -> int:
     return sum(1 for e in proxy.events() if e.get("event") == "upstream stream failed")
 
 
 async def test_200_concurrent_mixed_requests_lose_nothing_and_leak_nothing(
-    main_proxy: ProxyProc,
+    main_proxy: ProxyProcess,
 ) -> None:
     assert CONCURRENCY <= MAIN_CONCURRENCY
     proxy = main_proxy

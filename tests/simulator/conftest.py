@@ -8,7 +8,7 @@ from pathlib import Path
 import ollama
 import pytest
 
-from proxy.testing.simulator import SimulatorProcess
+from proxy.testing.services import SimulatorProcess
 
 CHAT_MODEL = "smollm2:135m"
 EMBED_MODEL = "all-minilm"

@@ -7,13 +7,14 @@ import subprocess
 
 import pytest
 
-from proxy.testing.simulator import VERSION, default_command
+from proxy.testing.harness import simulator_command
+from proxy.testing.simulator import VERSION
 from proxy.testing.simulator.__main__ import main
 
 
 def _run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [*default_command(), *args], capture_output=True, text=True, timeout=20, env=env
+        [*simulator_command(), *args], capture_output=True, text=True, timeout=20, env=env
     )
 
 

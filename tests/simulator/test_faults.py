@@ -16,13 +16,8 @@ import openai
 import pytest
 from openai.types.chat import ChatCompletionMessageParam
 
-from proxy.testing.simulator import (
-    SimulatorExited,
-    SimulatorProcess,
-    expected_text,
-    expected_tokens,
-    read_pull_log,
-)
+from proxy.testing.services import ServiceExited, SimulatorProcess
+from proxy.testing.simulator import expected_text, expected_tokens, read_pull_log
 
 from .conftest import CHAT_MODEL, MakeSim
 
@@ -72,7 +67,7 @@ async def test_sigterm_during_start_delay_exits_zero(make_sim: MakeSim) -> None:
 
 
 async def test_exit_at_start(make_sim: MakeSim) -> None:
-    with pytest.raises(SimulatorExited) as info:
+    with pytest.raises(ServiceExited) as info:
         await make_sim({"SIM_EXIT_AT_START": "3"})
     assert info.value.returncode == 3
     assert "Error: listen tcp 127.0.0.1:" in info.value.logs

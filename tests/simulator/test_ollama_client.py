@@ -5,8 +5,8 @@ from __future__ import annotations
 import ollama
 import pytest
 
+from proxy.testing.services import SimulatorProcess
 from proxy.testing.simulator import (
-    SimulatorProcess,
     expected_embedding,
     expected_text,
     expected_tokens,

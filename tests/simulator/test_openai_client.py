@@ -6,8 +6,8 @@ import openai
 import pytest
 from openai.types.chat import ChatCompletionMessageParam
 
+from proxy.testing.services import SimulatorProcess
 from proxy.testing.simulator import (
-    SimulatorProcess,
     expected_embedding,
     expected_text,
     expected_tokens,

@@ -8,7 +8,8 @@ from collections.abc import AsyncIterator
 import aiohttp
 import pytest
 
-from proxy.testing.simulator import VERSION, SimulatorProcess, expected_tokens
+from proxy.testing.services import SimulatorProcess
+from proxy.testing.simulator import VERSION, expected_tokens
 
 from .conftest import CHAT_MODEL, EMBED_MODEL
 

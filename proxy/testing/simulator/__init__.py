@@ -5,7 +5,8 @@ same shapes, status codes, NDJSON/SSE framing and in-band errors as the release 
 :data:`VERSION`, honours ``OLLAMA_HOST``/``OLLAMA_MODELS``/``OLLAMA_KEEP_ALIVE``, and injects
 faults driven by ``SIM_*`` variables (see :mod:`proxy.testing.simulator.config`). Responses
 are deterministic; predict them with :func:`expected_tokens`, :func:`expected_text` and
-:func:`expected_embedding`. :class:`SimulatorProcess` runs it as a subprocess.
+:func:`expected_embedding`. :class:`proxy.testing.services.SimulatorProcess` runs it as a
+subprocess.
 
 Modules: ``config`` (the environment), ``models`` (names, registry, deterministic output),
 ``inference`` (request semantics, expected responses), ``runtime`` (shared state: store,
@@ -18,16 +19,13 @@ from .config import VERSION, Faults, PullFailureMode
 from .inference import embedding_dimension, expected_embedding, expected_text, expected_tokens
 from .models import normalise, prompt_token_count, text_token_count
 from .runtime import read_pull_log
-from .server import SimulatorExited, SimulatorProcess, create_app, default_command
+from .server import create_app
 
 __all__ = [
     "VERSION",
     "Faults",
     "PullFailureMode",
-    "SimulatorExited",
-    "SimulatorProcess",
     "create_app",
-    "default_command",
     "embedding_dimension",
     "expected_embedding",
     "expected_text",

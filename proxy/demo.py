@@ -1,6 +1,6 @@
 """Demo: the deployment package in an emulated 3-process UbiOps instance, end to end.
 
-Run ``python -m proxy.testing.demo``. It uses the real ``ollama`` when it is on PATH (or when
+Run ``python -m proxy.demo``. It uses the real ``ollama`` when it is on PATH (or when
 OLLAMA_BIN is set), otherwise the bundled simulator (``ollama-sim``) with a temporary model store,
 and then:
 
@@ -27,7 +27,7 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 
-from proxy.testing.net import free_port
+from proxy.testing.harness import free_port
 from proxy.testing.ubiops_instance import InstanceError, UbiOpsInstance
 
 __all__ = ["DEFAULT_CHAT_MODEL", "DEFAULT_EMBEDDING_MODEL", "main"]
@@ -45,7 +45,7 @@ class DemoError(RuntimeError):
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m proxy.testing.demo", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m proxy.demo", description=__doc__)
     parser.add_argument(
         "--package-dir",
         type=Path,
