@@ -129,7 +129,9 @@ RUN if ! id -u deployment >/dev/null 2>&1; then \
     fi \
     && mkdir -p "${OLLAMA_MODELS}" /opt/app \
     && chown -R deployment: /opt/ollama /opt/app \
-    && if python3 -c 'import pathlib, sys, sysconfig; sys.exit(sys.prefix != sys.base_prefix or not pathlib.Path(sysconfig.get_path("stdlib"), "EXTERNALLY-MANAGED").exists())'; then \
+    && if python3 -c 'import pathlib, sys, sysconfig; \
+            marker = pathlib.Path(sysconfig.get_path("stdlib"), "EXTERNALLY-MANAGED"); \
+            sys.exit(sys.prefix != sys.base_prefix or not marker.exists())'; then \
         python3 -m venv /opt/venv && chown -R deployment: /opt/venv; \
     fi
 

@@ -37,11 +37,11 @@
 # a release-shaped archive. The output says which.
 #
 # Runs as root (CI does): it installs podman, runc, debootstrap and zstd with apt when they are
-# missing, makes the base image with debootstrap and uses rootful podman. Cached outside the repository,
-# in ${XDG_CACHE_HOME:-~/.cache}/ubiops-ollama-proxy/image-check/: the generated containers.conf
-# and the base image (a tarball keyed by its recipe, also kept in podman's storage). The
-# environment variable DEBIAN_MIRROR overrides the mirror read from /etc/apt; IMAGE_CA_BUNDLE
-# the CA bundle (default: $SSL_CERT_FILE, else the system bundle).
+# missing, makes the base image with debootstrap and uses rootful podman. Cached outside the
+# repository, in ${XDG_CACHE_HOME:-~/.cache}/ubiops-ollama-proxy/image-check/: the generated
+# containers.conf and the base image (a tarball keyed by its recipe, also kept in podman's
+# storage). DEBIAN_MIRROR overrides the mirror read from /etc/apt; IMAGE_CA_BUNDLE the CA bundle
+# (default: $SSL_CERT_FILE, else the system bundle).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root="$PWD"
@@ -118,26 +118,30 @@ pm() {
 cleanup() {
     local status=$?
     set +e
-    for c in "$name-serve" "$name-pull" "$name-probe"; do
-        podman container exists "$c" 2>/dev/null && pm rm -f -t 0 "$c" >/dev/null
-    done
     if [[ -n "$server_pid" ]]; then
         kill "$server_pid" 2>/dev/null
         wait "$server_pid" 2>/dev/null
+    fi
+    if command -v podman >/dev/null; then
+        for c in "$name-serve" "$name-pull" "$name-probe"; do
+            podman container exists "$c" 2>/dev/null && pm rm -f -t 0 "$c" >/dev/null
+        done
+        if ((!keep)) && podman image exists "$RUN_LOCAL_IMAGE" 2>/dev/null; then
+            pm rmi -f "$RUN_LOCAL_IMAGE" >/dev/null
+        fi
+        # Earlier runs' images, replaced by this run's tags, and the build stages' intermediate
+        # images: every dangling image (untagged, unused) goes, one generation per prune. Kept
+        # with --reuse-layers (they are its cache) and --keep.
+        if ((!keep && !reuse_layers)); then
+            for _ in $(seq 60); do
+                [[ -n "$(podman image prune -f 2>/dev/null)" ]] || break
+            done
+        fi
     fi
     if ((keep)); then
         say "kept: $work (saved archives), images $IMAGE $BAKED $RUN_LOCAL_IMAGE"
     else
         rm -rf "$work"
-        podman image exists "$RUN_LOCAL_IMAGE" 2>/dev/null && pm rmi -f "$RUN_LOCAL_IMAGE" >/dev/null
-    fi
-    # Earlier runs' images, replaced by this run's tags, and the build stages' intermediate
-    # images: every dangling image (untagged, unused) goes, one generation per prune. Kept with
-    # --reuse-layers (they are its cache) and --keep.
-    if ((!keep && !reuse_layers)); then
-        for _ in $(seq 60); do
-            [[ -n "$(podman image prune -f 2>/dev/null)" ]] || break
-        done
     fi
     exit "$status"
 }
@@ -296,7 +300,10 @@ EOF
 fi
 tar -C "$serve/release" "${tar_flags[@]}" -c . | zstd -q -o "$serve/ollama-linux-amd64.tar.zst" -f
 ollama_sha="$(sha256sum "$serve/ollama-linux-amd64.tar.zst" | cut -d' ' -f1)"
-port="$("$python" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
+free_port() {
+    "$python" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
+port="$(free_port)"
 "$python" -m http.server --bind 127.0.0.1 --directory "$serve" "$port" >"$work/http.log" 2>&1 &
 server_pid=$!
 for _ in $(seq 50); do
@@ -378,7 +385,7 @@ phase_done "build (test layer)"
 
 # --- the container -----------------------------------------------------------------------------
 api_key="image-check-$(od -An -N12 -tx1 /dev/urandom | tr -d ' \n')"
-http_port="$("$python" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
+http_port="$(free_port)"
 model_env=(-e "OLLAMA_CHAT_MODELS=$CHAT_MODEL" -e "OLLAMA_EMBEDDING_MODELS=$EMBEDDING_MODEL")
 
 wait_healthy() { # container
