@@ -4,21 +4,32 @@ One place knows which models an instance serves and what kind each is. Every nam
 (``smollm2``, ``smollm2:latest``, ``registry.ollama.ai/library/smollm2``, an alias, or the UbiOps
 OpenAI-endpoint form ``ubiops-deployment/<deployment>/<version>/<model>``) resolves here to the
 Ollama tag to forward, or fails with :class:`UnknownModelError` listing what is available.
+
+The operator's names (each model as configured, then each alias) are the ones listed and quoted
+in errors. UbiOps' ``openai-model-names`` label carries their *label names* instead
+(:func:`label_name`: lowercase letters, digits, ``-``, ``_``, ``.``, at most 63 characters, the
+strictest plausible rule, since UbiOps documents none and its label filters use ``key:value``),
+and every label name is also registered as a name that resolves, so
+``ubiops-deployment/<deployment>/<version>/all-minilm-l6-v2`` reaches ``all-minilm:l6-v2``.
 """
 
 from __future__ import annotations
 
 import enum
+import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
 __all__ = [
+    "LABEL_NAME_MAX",
+    "LABEL_RULE",
     "UBIOPS_MODEL_PREFIX",
     "Catalog",
     "CatalogError",
     "Model",
     "ModelKind",
     "UnknownModelError",
+    "label_name",
     "name_key",
     "normalise",
     "strip_ubiops_prefix",
@@ -30,6 +41,14 @@ _DEFAULT_NAMESPACE = "library"
 _DEFAULT_TAG = "latest"
 _ALIAS_ITEM_SEPARATOR = ";"
 _LABEL_SEPARATOR = ";"
+_LABEL_UNSAFE = re.compile(r"[^a-z0-9._-]")
+_LABEL_EDGES = "-_."
+LABEL_NAME_MAX = 63
+"""The longest name the ``openai-model-names`` label carries (a Kubernetes label value's limit)."""
+LABEL_RULE = (
+    f"lowercase letters, digits, '-', '_' and '.', at most {LABEL_NAME_MAX} characters, "
+    "starting and ending with a letter or digit"
+)
 
 
 class ModelKind(enum.StrEnum):
@@ -101,17 +120,20 @@ def normalise(name: str) -> str:
 
 @dataclass(frozen=True)
 class Catalog:
-    """The configured models and aliases, keyed by normalised name."""
+    """The configured models and aliases, keyed by normalised name, plus their label names."""
 
     models: tuple[Model, ...] = ()
     aliases: tuple[tuple[str, str], ...] = ()
     _by_name: dict[str, Model] = field(default_factory=dict, repr=False, compare=False)
+    _labels: list[tuple[str, Model]] = field(default_factory=list, repr=False, compare=False)
+    _label_problems: dict[str, list[str]] = field(default_factory=dict, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         for model in self.models:
             self._by_name[name_key(model.tag)] = model
         for alias, target in self.aliases:
             self._by_name[name_key(alias)] = self._by_name[name_key(target)]
+        self._add_label_names()
 
     @classmethod
     def parse(cls, chat_models: str, embedding_models: str, aliases: str = "") -> Catalog:
@@ -166,14 +188,27 @@ class Catalog:
 
     @property
     def names(self) -> tuple[str, ...]:
-        """Every name a client may use: each model's configured name, then each alias."""
-        return (*(m.configured_as for m in self.models), *(alias for alias, _ in self.aliases))
+        """The operator's names: each model as configured, then each alias.
+
+        What model listings show and errors quote; :meth:`resolve` accepts more (any spelling of
+        these, and the label names).
+        """
+        return tuple(name for name, _ in self.listing())
+
+    def listing(self) -> tuple[tuple[str, Model], ...]:
+        """Each of :attr:`names` with the model it names, in that order."""
+        by_tag = {model.tag: model for model in self.models}
+        return (
+            *((model.configured_as, model) for model in self.models),
+            *((alias, by_tag[target]) for alias, target in self.aliases),
+        )
 
     def resolve(self, requested: str) -> Model:
         """Return the model a client means by ``requested``.
 
         Raises:
-            UnknownModelError: no configured model or alias matches; lists the available names.
+            UnknownModelError: no configured model, alias or label name matches; lists the
+                available names.
         """
         name = strip_ubiops_prefix(requested)
         model = self._by_name.get(name_key(name)) if name.strip() else None
@@ -189,9 +224,76 @@ class Catalog:
         """The aliases that point at ``model``."""
         return tuple(alias for alias, target in self.aliases if target == model.tag)
 
+    def label_names(self) -> tuple[tuple[str, Model], ...]:
+        """Every label name with the model it resolves to, in :attr:`names` order, each once.
+
+        A model's label names are the :func:`label_name` forms of its configured name and of its
+        aliases that are valid and unambiguous: a form that is another model's name, or the form
+        of two models' names, names neither of them (and does not resolve as a label name).
+        """
+        return tuple(self._labels)
+
+    def label_name_of(self, model: Model) -> str | None:
+        """The first label name of ``model``, or None when it has none."""
+        return next((label for label, owner in self._labels if owner == model), None)
+
     def openai_model_names(self) -> str:
-        """The UbiOps ``openai-model-names`` label value: every name :meth:`resolve` accepts."""
-        return _LABEL_SEPARATOR.join(self.names)
+        """The UbiOps ``openai-model-names`` label value: every label name, ``;`` between them.
+
+        Raises:
+            CatalogError: a model has no label name (its names are too long, or their label forms
+                also name another model); the problem says which and what to do.
+        """
+        for model in self.models:
+            if self.label_name_of(model) is None:
+                variable = "OLLAMA_EMBEDDING_MODELS" if model.is_embedding else "OLLAMA_CHAT_MODELS"
+                reasons = "; ".join(self._label_problems.get(model.tag, ()))
+                raise CatalogError(
+                    variable,
+                    f"model {model.configured_as!r} has no name usable in UbiOps' "
+                    f"openai-model-names label ({reasons}); give it an alias made of "
+                    f"{LABEL_RULE}",
+                )
+        return _LABEL_SEPARATOR.join(label for label, _ in self._labels)
+
+    def _add_label_names(self) -> None:
+        """Work out :meth:`label_names`; register each as a name that resolves."""
+        claims: dict[str, list[Model]] = {}
+        for name, model in self.listing():
+            label = label_name(name)
+            if not label:
+                self._note(model, f"{name!r} has no letter or digit")
+            elif len(label) > LABEL_NAME_MAX:
+                self._note(model, f"{label!r} is longer than {LABEL_NAME_MAX} characters")
+            elif model not in claims.setdefault(label, []):
+                claims[label].append(model)
+        for label, claimants in claims.items():
+            key = name_key(label)
+            owner = self._by_name.get(key)
+            if owner is None and len(claimants) == 1:
+                owner = self._by_name[key] = claimants[0]
+            for model in claimants:
+                if owner is None:
+                    others = ", ".join(repr(m.configured_as) for m in claimants if m is not model)
+                    self._note(model, f"{label!r} would also name {others}")
+                elif owner is not model:
+                    self._note(model, f"{label!r} is the name of {owner.configured_as!r}")
+            if owner is not None and owner in claimants:
+                self._labels.append((label, owner))
+
+    def _note(self, model: Model, problem: str) -> None:
+        self._label_problems.setdefault(model.tag, []).append(problem)
+
+
+def label_name(name: str) -> str:
+    """The label-safe form of a model name: lowercase, every character but letters, digits,
+    ``-``, ``_`` and ``.`` turned into ``-``, and no ``-``, ``_`` or ``.`` at either end.
+
+    ``all-minilm:l6-v2`` becomes ``all-minilm-l6-v2`` (the name UbiOps' tutorial labels it with),
+    ``hf.co/Org/Model:Q4_K_M`` becomes ``hf.co-org-model-q4_k_m``. The result may be empty or
+    longer than :data:`LABEL_NAME_MAX`; :class:`Catalog` checks.
+    """
+    return _LABEL_UNSAFE.sub("-", name.strip().lower()).strip(_LABEL_EDGES)
 
 
 def strip_ubiops_prefix(name: str) -> str:

@@ -238,6 +238,7 @@ def make_plan(options: Options) -> Plan:
     _check_options(o)
     try:
         catalog = Catalog.parse(o.chat_models, o.embedding_models, o.aliases)
+        model_names = catalog.openai_model_names()
     except CatalogError as exc:
         raise DeployError(f"{_option_of(exc.variable)}: {exc.problem}") from None
     if not len(catalog):
@@ -261,7 +262,7 @@ def make_plan(options: Options) -> Plan:
         catalog=catalog,
         labels={
             LABEL_OPENAI_COMPATIBLE: "true",
-            LABEL_OPENAI_MODEL_NAMES: catalog.openai_model_names(),
+            LABEL_OPENAI_MODEL_NAMES: model_names,
         },
         plain_env=plain_env,
         ports=ports,

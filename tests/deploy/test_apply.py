@@ -414,7 +414,7 @@ def test_dry_run_calls_nothing(deploy: Runner, fake: FakeUbiOps, image: Path) ->
     assert "dry run" in result.out
     assert "ports: 11434 -> 11434/tcp" in result.out
     assert "PROXY_API_KEY=<secret" in result.out
-    assert "openai-model-names=smollm2;all-minilm:l6-v2" in result.out
+    assert "openai-model-names=smollm2;all-minilm-l6-v2" in result.out
 
 
 def test_port_forwarding_opens_the_proxy_port_and_binds_publicly(

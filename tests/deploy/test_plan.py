@@ -15,7 +15,7 @@ def test_defaults_follow_the_tutorial_with_the_proxy_on_loopback() -> None:
 
     assert plan.labels == {
         "openai-compatible": "true",
-        "openai-model-names": "smollm2;all-minilm:l6-v2",
+        "openai-model-names": "smollm2;all-minilm-l6-v2",
     }
     assert plan.plain_env == {
         "OLLAMA_CHAT_MODELS": "smollm2",
@@ -78,6 +78,10 @@ def test_build_args_carry_the_base_image_and_the_models_to_bake() -> None:
         (Options(project="p", chat_models="", embedding_models=""), "no models"),
         (Options(project="p", embedding_models="smollm2"), "--embedding-models"),
         (Options(project="p", aliases="x=missing"), "--aliases"),
+        (
+            Options(project="p", chat_models="a:b,a-b"),
+            "--chat-models: model 'a:b' has no name usable in UbiOps' openai-model-names label",
+        ),
     ],
 )
 def test_bad_options_are_one_line_errors(options: Options, message: str) -> None:

@@ -4,7 +4,15 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from proxy.catalog import Catalog, CatalogError, ModelKind, UnknownModelError, normalise
+from proxy.catalog import (
+    LABEL_NAME_MAX,
+    Catalog,
+    CatalogError,
+    ModelKind,
+    UnknownModelError,
+    label_name,
+    normalise,
+)
 
 TUTORIAL_CHAT = "smollm2,smollm"
 TUTORIAL_EMBEDDING = "all-minilm:l6-v2,nomic-embed-text"
@@ -78,11 +86,127 @@ def test_unknown_model_lists_what_is_available(catalog: Catalog, requested: str)
         assert name in message
 
 
-def test_label_value_names_only_resolvable_models(catalog: Catalog) -> None:
+def test_label_value_holds_the_label_safe_names_and_each_resolves(catalog: Catalog) -> None:
     label = catalog.openai_model_names()
-    assert label == "smollm2;smollm;all-minilm:l6-v2;nomic-embed-text;all-minilm-l6-v2"
+    # all-minilm:l6-v2 is labelled as UbiOps' tutorial does; the operator's alias is the same.
+    assert label == "smollm2;smollm;all-minilm-l6-v2;nomic-embed-text"
     for name in label.split(";"):
         assert catalog.resolve(f"ubiops-deployment/d/v/{name}").tag
+
+
+def test_listings_and_errors_use_the_operators_names(catalog: Catalog) -> None:
+    assert catalog.names == (
+        "smollm2",
+        "smollm",
+        "all-minilm:l6-v2",
+        "nomic-embed-text",
+        "all-minilm-l6-v2",
+    )
+    assert [(name, model.tag) for name, model in catalog.listing()][2:] == [
+        ("all-minilm:l6-v2", "all-minilm:l6-v2"),
+        ("nomic-embed-text", "nomic-embed-text:latest"),
+        ("all-minilm-l6-v2", "all-minilm:l6-v2"),
+    ]
+
+
+def test_a_label_name_resolves_without_an_alias() -> None:
+    catalog = Catalog.parse("smollm2:135m,hf.co/Org/Repo-GGUF:Q4_K_M", "all-minilm:l6-v2")
+
+    assert catalog.openai_model_names() == (
+        "smollm2-135m;hf.co-org-repo-gguf-q4_k_m;all-minilm-l6-v2"
+    )
+    for label, model in catalog.label_names():
+        for spelling in (label, label.upper(), f"ubiops-deployment/dep//{label}"):
+            assert catalog.resolve(spelling) == model
+    assert catalog.names == ("smollm2:135m", "hf.co/Org/Repo-GGUF:Q4_K_M", "all-minilm:l6-v2")
+    with pytest.raises(UnknownModelError) as caught:
+        catalog.resolve("llama3")
+    assert "smollm2-135m" not in str(caught.value), "errors quote the operator's names"
+
+
+@pytest.mark.parametrize(
+    ("name", "label"),
+    [
+        ("smollm2", "smollm2"),
+        ("all-minilm:l6-v2", "all-minilm-l6-v2"),
+        ("qwen2.5:0.5b", "qwen2.5-0.5b"),
+        ("SmolLM2:Latest", "smollm2-latest"),
+        ("hf.co/Org/Repo-GGUF:Q4_K_M", "hf.co-org-repo-gguf-q4_k_m"),
+        ("_x.", "x"),
+        (":::", ""),
+    ],
+)
+def test_label_name(name: str, label: str) -> None:
+    assert label_name(name) == label
+
+
+@pytest.mark.parametrize(
+    ("chat", "aliases", "fragment"),
+    [
+        (
+            "a:b,a-b",
+            "",
+            "model 'a:b' has no name usable in UbiOps' openai-model-names label "
+            "('a-b' is the name of 'a-b')",
+        ),
+        (
+            "x/y,x:y",
+            "",
+            "model 'x/y' has no name usable in UbiOps' openai-model-names label "
+            "('x-y' would also name 'x:y')",
+        ),
+        ("m" * (LABEL_NAME_MAX + 1), "", f"is longer than {LABEL_NAME_MAX} characters"),
+    ],
+)
+def test_a_label_that_cannot_be_formed_is_an_error_naming_the_model(
+    chat: str, aliases: str, fragment: str
+) -> None:
+    catalog = Catalog.parse(chat, "", aliases)
+
+    with pytest.raises(CatalogError) as caught:
+        catalog.openai_model_names()
+    assert caught.value.variable == "OLLAMA_CHAT_MODELS"
+    assert fragment in caught.value.problem
+    assert "give it an alias" in caught.value.problem
+    assert catalog.resolve(chat.split(",")[0]), "the proxy still serves every model"
+
+
+def test_an_alias_gives_a_model_its_label_name() -> None:
+    long_name = "m" * (LABEL_NAME_MAX + 1)
+    catalog = Catalog.parse(f"x/y,x:y,{long_name}", "", f"xy=x/y;xy2=x:y;short={long_name}")
+
+    assert catalog.openai_model_names() == "xy;xy2;short"
+    assert catalog.resolve("ubiops-deployment/d/v/short").tag == f"{long_name}:latest"
+
+
+def test_an_ambiguous_label_form_resolves_to_nobody() -> None:
+    catalog = Catalog.parse("x/y,x:y", "", "xy=x/y;xy2=x:y")
+
+    with pytest.raises(UnknownModelError):
+        catalog.resolve("x-y")
+
+
+@given(
+    st.lists(
+        st.from_regex(r"[A-Za-z0-9][A-Za-z0-9._-]{0,12}(:[A-Za-z0-9._-]{1,6})?", fullmatch=True),
+        min_size=1,
+        max_size=6,
+    )
+)
+def test_every_label_name_is_label_safe_and_resolves_to_its_model(names: list[str]) -> None:
+    catalog = Catalog.parse(",".join(names), "")
+    try:
+        value = catalog.openai_model_names()
+    except CatalogError:
+        return
+    labels = value.split(";")
+    assert len(labels) == len(set(labels))
+    for label, model in catalog.label_names():
+        assert 0 < len(label) <= LABEL_NAME_MAX
+        assert label == label_name(label)
+        assert catalog.resolve(label) == model
+    for model in catalog:
+        assert catalog.label_name_of(model) in labels
 
 
 @pytest.mark.parametrize(
