@@ -1,13 +1,12 @@
 #!/usr/bin/env bash
 # Deploy the Ollama proxy to UbiOps: create or update everything in one idempotent command.
 #   UBIOPS_API_TOKEN=... scripts/deploy.sh --project my-project --image ollama-ubiops.tar
-#   scripts/deploy.sh --help        # every option; --dry-run prints the plan and calls nothing
-# Runs `python -m proxy.deploy` in the project's locked environment, with the `deploy` extra.
+#   scripts/deploy.sh --project my-project --dry-run   # the plan; calls nothing
+#   scripts/deploy.sh --help                           # every option
+# Runs `python -m proxy.deploy` in the project's locked environment (.venv, made or brought up
+# to date by scripts/bootstrap.sh first, with the `deploy` extra: the `ubiops` client).
 set -euo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-if ! command -v uv >/dev/null 2>&1; then
-    echo "deploy.sh: needs uv (https://docs.astral.sh/uv/); or run scripts/bootstrap.sh" >&2
-    exit 1
-fi
-exec uv run --project "$root" --locked --extra deploy --quiet python -m proxy.deploy "$@"
+"$root/scripts/bootstrap.sh"
+exec "$root/.venv/bin/python" -m proxy.deploy "$@"
