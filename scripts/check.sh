@@ -1,14 +1,27 @@
 #!/usr/bin/env bash
-# The whole test suite: lint, format, types, shell and Dockerfile checks, then pytest.
+# The whole test suite: lint, format, types, shell and Dockerfile checks, pytest, then the image
+# build and its smoke test (scripts/image-check.sh: podman, as root).
 # Extra arguments go to pytest (e.g. scripts/check.sh -m "not slow").
+# In CI (CI set to anything but empty, 0 or false) a real Ollama is made first
+# (scripts/real-ollama.sh: built from source on a fresh machine, then cached), and CI fails
+# if it cannot be.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 scripts/bootstrap.sh
 export PATH="$PWD/.venv/bin:$PATH"
 
+case "${CI:-}" in
+"" | 0 | false | False | FALSE) ci=0 ;;
+*) ci=1 ;;
+esac
+
 echo "== ruff" && ruff check . && ruff format --check .
 echo "== mypy" && mypy
 echo "== shellcheck" && shellcheck scripts/*.sh .ci/run
 echo "== hadolint" && hadolint Dockerfile
+if ((ci)); then
+    echo "== real ollama" && scripts/real-ollama.sh >/dev/null
+fi
 echo "== pytest" && pytest "$@"
+echo "== image" && scripts/image-check.sh
