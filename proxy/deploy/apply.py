@@ -27,7 +27,13 @@ from proxy.deploy.builds import Build, wait_for_build
 from proxy.deploy.environment import ensure_image
 from proxy.deploy.errors import DeployError
 from proxy.deploy.package import write_package_zip
-from proxy.deploy.plan import LABEL_PACKAGE_HASH, PACKAGE_HASH_CHARS
+from proxy.deploy.plan import (
+    DEPLOYMENT_DESCRIPTION,
+    LABEL_MANAGED_BY,
+    LABEL_PACKAGE_HASH,
+    MANAGED_BY,
+    PACKAGE_HASH_CHARS,
+)
 from proxy.deploy.service import ensure_service
 from proxy.deploy.session import Outcome, Session, connect, cursor_of
 from proxy.deploy.variables import ensure_variables
@@ -110,7 +116,8 @@ class Deployer(Session):
         if current is None:
             data = self.ubiops.DeploymentCreate(
                 name=plan.deployment,
-                description="Ollama models behind an OpenAI-compatible proxy",
+                description=DEPLOYMENT_DESCRIPTION,
+                labels={LABEL_MANAGED_BY: MANAGED_BY},
                 supports_request_format=True,
                 input_type="plain",
                 output_type="plain",

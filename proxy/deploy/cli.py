@@ -22,6 +22,7 @@ from proxy.deploy.plan import (
     Plan,
     make_plan,
 )
+from proxy.deploy.remove import describe_removal
 from proxy.deploy.token import TOKEN_VARIABLE, read_token
 
 __all__ = ["main"]
@@ -41,6 +42,16 @@ idempotency:
   deployment-package-sha256 after a successful build, so an unchanged package is skipped. All
   other objects are compared field by field; a run that changes nothing says "up to date".
 
+cold starts:
+  Without --bake-models every cold start pulls the models before the instance serves; requests
+  that arrive meanwhile fail at once saying so. A direct request's timeout (default 300 s, at
+  most 3600 s) includes the cold start.
+
+cleanup:
+  --delete removes what this command created (labelled managed-by: proxy-deploy): the services
+  in front of the version, the version, the deployment when it has no other version, and the
+  environment when no other version uses it. It lists them and asks first (--yes: do not ask).
+
 direct access:
   --port-forward and --service make the proxy listen on 0.0.0.0; it then requires PROXY_API_KEY,
   which is generated once, stored as a secret environment variable and shown only with
@@ -52,9 +63,16 @@ class _Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescription
     """Option defaults in the help (when there is one), and the epilog's line breaks kept."""
 
     def _get_help_string(self, action: argparse.Action) -> str | None:
-        if action.default in (None, False):
+        if action.default in (None, False, ""):
             return action.help
         return super()._get_help_string(action)
+
+
+def _from_env(env: Mapping[str, str], name: str, fallback: str | None) -> tuple[str | None, str]:
+    """An option's default: ``$name`` when it is set, else ``fallback``; and the help's note."""
+    if name in env:
+        return env[name], f"default from ${name}"
+    return fallback, f"default ${name} when set"
 
 
 def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> int:
@@ -65,9 +83,16 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
     try:
         plan = make_plan(options)
         if options.dry_run:
-            print("dry run: the UbiOps API is not called; the desired state is:")
-            print("\n".join(f"  {line}" for line in plan.describe()))
+            if options.delete:
+                print("dry run: the UbiOps API is not called; --delete would:")
+                lines = describe_removal(plan)
+            else:
+                print("dry run: the UbiOps API is not called; the desired state is:")
+                lines = plan.describe()
+            print("\n".join(f"  {line}" for line in lines))
             return 0
+        if options.delete:
+            return _delete(plan, env)
         return _deploy(plan, env)
     except DeployError as exc:
         print(f"error: {exc.message}", file=sys.stderr)
@@ -77,6 +102,26 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+
+
+def _delete(plan: Plan, env: Mapping[str, str]) -> int:
+    from proxy.deploy.remove import Remover
+    from proxy.deploy.session import connect
+
+    def confirm(question: str) -> bool:
+        if plan.options.yes:
+            return True
+        if not sys.stdin.isatty():
+            raise DeployError("--delete asks for confirmation: run it in a terminal or pass --yes")
+        return input(f"{question} [y/N] ").strip().lower() in {"y", "yes"}
+
+    api = connect(plan.options.api_host, read_token(env))
+    try:
+        outcome = Remover(plan, api).run(confirm)
+    finally:
+        api.api_client.close()
+    print(f"done: {len(outcome.changes)} object(s) deleted" if outcome.changed else "done")
+    return 0
 
 
 def _deploy(plan: Plan, env: Mapping[str, str]) -> int:
@@ -122,12 +167,19 @@ def _parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
         epilog=_EPILOG,
         formatter_class=_Formatter,
     )
+    project, project_note = _from_env(env, "UBIOPS_PROJECT", "")
+    api_host, api_host_note = _from_env(env, "UBIOPS_API_HOST", DEFAULT_API_HOST)
+    base_image, base_image_note = _from_env(env, "UBIOPS_BASE_IMAGE", None)
+    chat, chat_note = _from_env(env, "OLLAMA_CHAT_MODELS", d.chat_models)
+    embedding, embedding_note = _from_env(env, "OLLAMA_EMBEDDING_MODELS", d.embedding_models)
+    aliases, aliases_note = _from_env(env, "MODEL_ALIASES", d.aliases)
+
     where = parser.add_argument_group("where")
-    where.add_argument("--project", default=env.get("UBIOPS_PROJECT", ""), help="UbiOps project")
+    where.add_argument("--project", default=project, help=f"UbiOps project ({project_note})")
     where.add_argument(
         "--api-host",
-        default=env.get("UBIOPS_API_HOST", DEFAULT_API_HOST),
-        help="UbiOps API URL (env UBIOPS_API_HOST)",
+        default=api_host,
+        help=f"UbiOps API URL, the ubiops client's default ({api_host_note})",
     )
     where.add_argument("--deployment", default=d.deployment)
     where.add_argument("--version", default=d.version, help="deployment version name")
@@ -149,9 +201,13 @@ def _parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
     )
 
     models = parser.add_argument_group("models")
-    models.add_argument("--chat-models", default=d.chat_models, help="comma-separated")
-    models.add_argument("--embedding-models", default=d.embedding_models, help="comma-separated")
-    models.add_argument("--aliases", default=d.aliases, help="alias=model;alias2=model2")
+    models.add_argument("--chat-models", default=chat, help=f"comma-separated ({chat_note})")
+    models.add_argument(
+        "--embedding-models", default=embedding, help=f"comma-separated ({embedding_note})"
+    )
+    models.add_argument(
+        "--aliases", default=aliases, help=f"alias=model;alias2=model2 ({aliases_note})"
+    )
 
     image = parser.add_argument_group("environment image (default: keep the current one)")
     source = image.add_mutually_exclusive_group()
@@ -173,8 +229,8 @@ def _parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
     )
     image.add_argument(
         "--base-image",
-        default=env.get("UBIOPS_BASE_IMAGE"),
-        help="with --build: the UbiOps base image with the request agent (env UBIOPS_BASE_IMAGE)",
+        default=base_image,
+        help=f"with --build: the UbiOps base image with the request agent ({base_image_note})",
     )
     image.add_argument(
         "--image-output",
@@ -228,6 +284,13 @@ def _parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
 
     run = parser.add_argument_group("run")
     run.add_argument("--dry-run", action="store_true", help="print the plan; call nothing")
+    run.add_argument(
+        "--delete",
+        action="store_true",
+        help="remove what this command created (service, version, deployment, and the "
+        "environment when nothing else uses it) after a confirmation; says what it keeps and why",
+    )
+    run.add_argument("--yes", action="store_true", help="with --delete: do not ask")
     run.add_argument("--package-dir", type=Path, default=_default_package_dir())
     run.add_argument(
         "--timeout", type=int, default=d.timeout, help="seconds to wait for each build"
@@ -265,6 +328,8 @@ def _options(ns: argparse.Namespace, env: Mapping[str, str]) -> Options:
         show_api_key=ns.show_api_key,
         rotate_api_key=ns.rotate_api_key,
         dry_run=ns.dry_run,
+        delete=ns.delete,
+        yes=ns.yes,
         api_host=ns.api_host.rstrip("/"),
         package_dir=ns.package_dir,
         context=root,

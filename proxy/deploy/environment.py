@@ -16,6 +16,7 @@ from typing import Any
 from proxy.deploy.builds import Build, wait_for_build
 from proxy.deploy.errors import DeployError
 from proxy.deploy.package import build_image, image_identity
+from proxy.deploy.plan import ENVIRONMENT_DESCRIPTION, LABEL_MANAGED_BY, MANAGED_BY
 from proxy.deploy.session import SUCCESS, Session
 
 __all__ = ["ensure_image"]
@@ -61,7 +62,8 @@ def _ensure_environment(session: Session, archive: Path | None) -> None:
         )
     data = session.ubiops.EnvironmentCreate(
         name=plan.environment,
-        description="Ollama and the OpenAI-compatible proxy (managed by proxy.deploy)",
+        description=ENVIRONMENT_DESCRIPTION,
+        labels={LABEL_MANAGED_BY: MANAGED_BY},
     )
     with session.errors("create environment"):
         session.api.environments_create(plan.project, data)
@@ -84,12 +86,13 @@ def _upload_image(session: Session, version: Any, archive: Path | None) -> str:
     )
     if current is not None and current.status in SUCCESS:
         if current.supports_request_format is False:
-            data = session.ubiops.EnvironmentTagUpdate(supports_request_format=True)
-            with session.errors("update environment tag"):
-                session.api.environment_tags_update(plan.project, plan.environment, tag, data)
-            session.changed(f"updated: {label} (supports_request_format)")
-        else:
-            session.same(label)
+            raise DeployError(
+                f"{label} is built without supports_request_format, and turning the flag on "
+                "afterwards does not add UbiOps' request agent to a built image: delete tag "
+                f"{tag} of environment {plan.environment!r} in UbiOps (or pass another "
+                "--environment), then run again to upload the image with the flag on"
+            )
+        session.same(label)
         return tag
     if current is None:
         data = session.ubiops.EnvironmentTagCreate(name=tag, supports_request_format=True)

@@ -17,10 +17,14 @@ from proxy.deploy.errors import DeployError
 
 __all__ = [
     "DEFAULT_API_HOST",
+    "DEPLOYMENT_DESCRIPTION",
     "ENGINES",
+    "ENVIRONMENT_DESCRIPTION",
+    "LABEL_MANAGED_BY",
     "LABEL_OPENAI_COMPATIBLE",
     "LABEL_OPENAI_MODEL_NAMES",
     "LABEL_PACKAGE_HASH",
+    "MANAGED_BY",
     "PROXY_API_KEY",
     "PROXY_PORT",
     "READINESS_PATH",
@@ -32,12 +36,20 @@ __all__ = [
     "make_plan",
 ]
 
-DEFAULT_API_HOST = "https://api.ubiops.com/v2.1"
+DEFAULT_API_HOST = "https://api.ubiops.com/v2"
+"""The pinned ``ubiops`` client's own default (4.15 is generated for API v2, whose environment
+tags this command uses; UbiOps' older pages show ``/v2.1``). ``--api-host`` overrides it."""
 PROXY_PORT = 11434
 READINESS_PATH = "/readyz"
 PROXY_API_KEY = "PROXY_API_KEY"
 LABEL_OPENAI_COMPATIBLE = "openai-compatible"
 LABEL_OPENAI_MODEL_NAMES = "openai-model-names"
+LABEL_MANAGED_BY = "managed-by"
+MANAGED_BY = "proxy-deploy"
+"""The label (``managed-by: proxy-deploy``) on everything the command creates; ``--delete``
+removes only what carries it (or the description the command writes)."""
+ENVIRONMENT_DESCRIPTION = "Ollama and the OpenAI-compatible proxy (managed by proxy.deploy)"
+DEPLOYMENT_DESCRIPTION = "Ollama models behind an OpenAI-compatible proxy"
 LABEL_PACKAGE_HASH = "deployment-package-sha256"
 """Version label holding the hash of the last deployment package that built successfully."""
 PACKAGE_HASH_CHARS = 40
@@ -85,6 +97,8 @@ class Options:
     show_api_key: bool = False
     rotate_api_key: bool = False
     dry_run: bool = False
+    delete: bool = False
+    yes: bool = False
     api_host: str = DEFAULT_API_HOST
     package_dir: Path = Path("deployment_package")
     context: Path = Path()
@@ -199,7 +213,10 @@ class Plan:
                 image += " (or podman build --format docker / podman save --format docker-archive "
                 image += "when docker is not usable)"
         else:
-            image = "keep the image the version (or environment) already uses"
+            image = (
+                "keep the image the version (or environment) already uses; a first deploy "
+                "needs --build or --image"
+            )
         env = [f"{name}={value!r}" for name, value in self.plain_env.items()]
         key = "rotated" if o.rotate_api_key else "kept if present, else generated"
         env.append(f"{PROXY_API_KEY}=<secret, {key}>")
@@ -257,12 +274,31 @@ def make_plan(options: Options) -> Plan:
             f"instance type {o.instance_type!r} is not a {_DEDICATED} type; UbiOps runs custom "
             "(bring-your-own) images only on dedicated instance types"
         )
+    if not o.bake_models and not o.delete:
+        warnings.append(
+            "the models are not baked into the image (--build --bake-models), unless the image "
+            "you pass already holds them: every cold start then pulls them before the instance "
+            "serves, requests meanwhile fail saying so, and a direct request's timeout (default "
+            "300 s, at most 3600 s) includes that cold start"
+        )
+    if ports:
+        rest = (
+            "with --min-instances 0 none runs at rest, so nothing answers until a request "
+            "starts one"
+            if o.min_instances == 0
+            else f"--min-instances {o.min_instances} keeps that many running"
+        )
+        warnings.append(
+            f"the forwarded port {ports[0].public_port} answers only while an instance runs "
+            f"({rest}), and each instance has its own address (printed below: how to find it)"
+        )
     return Plan(
         options=o,
         catalog=catalog,
         labels={
             LABEL_OPENAI_COMPATIBLE: "true",
             LABEL_OPENAI_MODEL_NAMES: model_names,
+            LABEL_MANAGED_BY: MANAGED_BY,
         },
         plain_env=plain_env,
         ports=ports,
@@ -277,6 +313,22 @@ def _check_options(o: Options) -> None:
         raise DeployError("no project: pass --project or set UBIOPS_PROJECT")
     if o.image is not None and o.build:
         raise DeployError("--image and --build exclude each other")
+    if o.yes and not o.delete:
+        raise DeployError("--yes confirms --delete; pass it with --delete")
+    if o.delete:
+        excluded = [
+            option
+            for option, value in (
+                ("--image", o.image is not None),
+                ("--build", o.build),
+                ("--port-forward", o.port_forward is not None),
+                ("--service", o.service is not None),
+                ("--rotate-api-key", o.rotate_api_key),
+            )
+            if value
+        ]
+        if excluded:
+            raise DeployError(f"--delete removes the deployment; it takes no {', '.join(excluded)}")
     if o.build and not o.base_image:
         raise DeployError(
             "--build needs --base-image: the UbiOps base image with the request agent, e.g. "

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from proxy.deploy.plan import LABEL_MANAGED_BY, MANAGED_BY
 from proxy.deploy.session import Session
 
 __all__ = ["ensure_service"]
@@ -23,7 +24,10 @@ def ensure_service(session: Session) -> None:
     current = session.get("get service", session.api.services_get, plan.project, spec.name)
     if current is None:
         data = session.ubiops.ServiceCreate(
-            name=spec.name, description=f"proxy of {plan.deployment}/{plan.version}", **desired
+            name=spec.name,
+            description=f"proxy of {plan.deployment}/{plan.version}",
+            labels={LABEL_MANAGED_BY: MANAGED_BY},
+            **desired,
         )
         with session.errors("create service"):
             current = session.api.services_create(plan.project, data)

@@ -12,8 +12,13 @@ def usage_text(plan: Plan, *, service_url: str | None = None) -> str:
     (when enabled) the forwarded port and the service. They read the token from the
     environment; no secret is written out."""
     o = plan.options
-    chat = next((m.configured_as for m in plan.catalog if not m.is_embedding), None)
-    embedding = next((m.configured_as for m in plan.catalog if m.is_embedding), None)
+    chat_model = next((m for m in plan.catalog if not m.is_embedding), None)
+    embedding_model = next((m for m in plan.catalog if m.is_embedding), None)
+    chat = chat_model.configured_as if chat_model else None
+    embedding = embedding_model.configured_as if embedding_model else None
+    # Through the OpenAI-compatible endpoint, models go by their names in the label.
+    chat_label = plan.catalog.label_name_of(chat_model) if chat_model else None
+    embedding_label = plan.catalog.label_name_of(embedding_model) if embedding_model else None
     prefix = f"ubiops-deployment/{o.deployment}/{o.version}/"
     model = chat or embedding or ""
     lines = [
@@ -32,12 +37,13 @@ def usage_text(plan: Plan, *, service_url: str | None = None) -> str:
         ")",
         "print(result.result)",
         "",
-        "# A streamed request",
+        "# A streamed request (the last chunk carries the token usage and no choices)",
         "for chunk in ubiops.utils.stream_deployment_request(",
         f'    api.api_client, "{o.project}", "{o.deployment}", version="{o.version}",',
         '    data=json.dumps(body | {"stream": True}),',
         "):",
-        '    print(json.loads(chunk)["choices"][0]["delta"].get("content", ""), end="")',
+        '    for choice in json.loads(chunk)["choices"]:',
+        '        print(choice["delta"].get("content") or "", end="")',
         "",
         "# The OpenAI-compatible endpoint",
         "from openai import OpenAI",
@@ -49,26 +55,30 @@ def usage_text(plan: Plan, *, service_url: str | None = None) -> str:
     if chat:
         lines += [
             "reply = client.chat.completions.create(",
-            f'    model="{prefix}{chat}",',
+            f'    model="{prefix}{chat_label}",',
             '    messages=[{"role": "user", "content": "Hello"}],',
             ")",
         ]
     if embedding:
         lines += [
             "vectors = client.embeddings.create(",
-            f'    model="{prefix}{embedding}", input="Hello"',
+            f'    model="{prefix}{embedding_label}", input="Hello"',
             ")",
         ]
     lines.append("print([m.id for m in client.models.list()])  # from the openai-model-names label")
     for port in plan.ports:
         lines += [
             "",
-            f"# Forwarded port: {port.public_port}/{port.protocol} on the instance's public IP "
-            f"-> proxy port {port.deployment_port}",
-            "# (the IP is shown with the running instance in the UbiOps UI; the proxy requires "
-            f"{PROXY_API_KEY})",
-            f'OpenAI(base_url="http://<instance-ip>:{port.public_port}/v1", '
-            f"api_key=<{PROXY_API_KEY}>)",
+            f"# Forwarded port {port.public_port}/{port.protocol} -> proxy port "
+            f"{port.deployment_port}, on each running instance's own address. It answers",
+            "# only while an instance runs (none at rest with --min-instances 0: send a",
+            f"# request first). The proxy requires {PROXY_API_KEY}. The running instances:",
+            f'for item in api.instances_list("{o.project}", "{o.deployment}", "{o.version}")'
+            ".results:",
+            f'    node = api.instances_get("{o.project}", "{o.deployment}", item.id, '
+            f'"{o.version}").node',
+            "    print(item.status, node.ipv4_address if node else None)",
+            f'OpenAI(base_url="http://<address>:{port.public_port}/v1", api_key=<{PROXY_API_KEY}>)',
         ]
     if plan.service is not None:
         url = service_url or f"<the URL of service {plan.service.name}>"

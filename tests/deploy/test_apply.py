@@ -17,7 +17,7 @@ from .fake_ubiops import DEDICATED, FakeUbiOps
 pytest.importorskip("ubiops")
 
 DEP = "ollama-multi-model-server"
-BASE = "/v2.1/projects/demo"
+BASE = "/v2/projects/demo"
 VERSION_PATH = f"{BASE}/deployments/{DEP}/versions/v1"
 TAG = "img-" + IMAGE_ID[:16]
 
@@ -427,7 +427,9 @@ def test_port_forwarding_opens_the_proxy_port_and_binds_publicly(
         {"public_port": 11434, "deployment_port": 11434, "protocol": "tcp"}
     ]
     assert env_value(fake, "PROXY_HOST") == "0.0.0.0"
-    assert "Forwarded port: 11434/tcp" in result.out
+    assert "Forwarded port 11434/tcp" in result.out
+    assert "warning: the forwarded port 11434 answers only while an instance runs" in result.out
+    assert 'api.instances_list("demo", "ollama-multi-model-server", "v1")' in result.out
 
     assert deploy("--port-forward", "2222").code == 0
     assert version(fake)["ports"] == [

@@ -16,6 +16,7 @@ def test_defaults_follow_the_tutorial_with_the_proxy_on_loopback() -> None:
     assert plan.labels == {
         "openai-compatible": "true",
         "openai-model-names": "smollm2;all-minilm-l6-v2",
+        "managed-by": "proxy-deploy",
     }
     assert plan.plain_env == {
         "OLLAMA_CHAT_MODELS": "smollm2",
@@ -23,7 +24,10 @@ def test_defaults_follow_the_tutorial_with_the_proxy_on_loopback() -> None:
         "MODEL_ALIASES": "",
         "PROXY_HOST": "127.0.0.1",
     }
-    assert (plan.ports, plan.service, plan.build, plan.warnings) == ((), None, None, ())
+    assert (plan.ports, plan.service, plan.build) == ((), None, None)
+    assert len(plan.warnings) == 1
+    assert "the models are not baked into the image" in plan.warnings[0]
+    assert "timeout (default 300 s, at most 3600 s) includes that cold start" in plan.warnings[0]
 
 
 def test_the_label_is_the_catalogs_and_the_lists_are_normalised() -> None:
@@ -91,14 +95,52 @@ def test_bad_options_are_one_line_errors(options: Options, message: str) -> None
     assert "\n" not in caught.value.message
 
 
+def test_baked_models_need_no_warning() -> None:
+    plan = make_plan(Options(project="p", build=True, base_image="b", bake_models=True))
+    assert plan.warnings == ()
+
+
+@pytest.mark.parametrize(
+    ("min_instances", "fragment"),
+    [
+        (0, "with --min-instances 0 none runs at rest, so nothing answers until a request"),
+        (1, "--min-instances 1 keeps that many running"),
+    ],
+)
+def test_a_forwarded_port_is_warned_about(min_instances: int, fragment: str) -> None:
+    plan = make_plan(Options(project="p", port_forward=2222, min_instances=min_instances))
+
+    warning = plan.warnings[-1]
+    assert warning.startswith("the forwarded port 2222 answers only while an instance runs")
+    assert fragment in warning
+    assert "each instance has its own address" in warning
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        (Options(project="p", yes=True), "--yes confirms --delete"),
+        (Options(project="p", delete=True, build=True, base_image="b"), "it takes no --build"),
+        (
+            Options(project="p", delete=True, port_forward=1, service="s"),
+            "it takes no --port-forward, --service",
+        ),
+    ],
+)
+def test_delete_options(options: Options, message: str) -> None:
+    with pytest.raises(DeployError, match=message):
+        make_plan(options)
+
+
 def test_a_shared_instance_type_is_warned_about() -> None:
     plan = make_plan(Options(project="p", instance_type="2048 MB + 0.5 vCPU"))
     assert "(Dedicated)" in plan.warnings[0]
 
 
-def test_describe_names_no_secret() -> None:
+def test_describe_names_no_secret_and_what_a_first_deploy_needs() -> None:
     text = "\n".join(make_plan(Options(project="p")).describe())
     assert "PROXY_API_KEY=<secret, kept if present, else generated>" in text
+    assert "a first deploy needs --build or --image" in text
 
 
 @pytest.mark.parametrize(
