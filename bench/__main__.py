@@ -5,7 +5,8 @@ run (interleaved, repeated over rounds); the table shows the median over rounds,
 spread and, where there is a target, PASS or MISS.
 
 Options:
-  --smoke          a seconds-long run with tiny sizes (LiteLLM skipped), for CI
+  --smoke          a seconds-long run with tiny sizes (LiteLLM skipped, real Ollama only when
+                   named with --only), for CI
   --only NAME      run only these scenarios (repeat or comma-separate)
   --rounds N       override the number of rounds
   --out PATH       JSON output (default bench/results/latest.json; smoke: smoke.json)
@@ -92,7 +93,8 @@ def main(argv: list[str] | None = None) -> int:
     results: list[ScenarioResult] = []
     failed = False
     with LoadGen() as loadgen:
-        bench = Bench(profile, loadgen, workdir, aa=args.self_check)
+        named = tuple(names) if args.only else ()
+        bench = Bench(profile, loadgen, workdir, aa=args.self_check, named=named)
         try:
             for name in names:
                 module = SCENARIOS[name]

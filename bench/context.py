@@ -1,5 +1,6 @@
 """What every scenario gets: the run's sizes (full or smoke), the load generator, a work
-directory for logs and model stores, and a shared zero-delay proxy stack."""
+directory for logs and model stores, a shared zero-delay proxy stack and nginx in front of that
+stack's backend (the floor anchor)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,14 @@ from pathlib import Path
 from typing import Any
 
 from bench.loadgen import LoadGen
-from bench.stack import CHAT_MODEL, EMBED_MODEL, ProxyStack
+from bench.stack import (
+    CHAT_MODEL,
+    EMBED_MODEL,
+    NginxStack,
+    ProxyStack,
+    StackError,
+    find_nginx,
+)
 
 __all__ = ["Bench", "Profile", "chat_body", "embed_body", "full_profile", "smoke_profile"]
 
@@ -42,6 +50,11 @@ class Profile:
     memory_rounds: int
     memory_window_s: float
     litellm: bool
+    real_rounds: int
+    real_streams: int
+    real_stream_tokens: int
+    real_chats: int
+    real_embeddings: int
 
 
 def full_profile() -> Profile:
@@ -66,6 +79,11 @@ def full_profile() -> Profile:
         memory_rounds=3,
         memory_window_s=3.0,
         litellm=True,
+        real_rounds=5,
+        real_streams=4,
+        real_stream_tokens=64,
+        real_chats=6,
+        real_embeddings=30,
     )
 
 
@@ -91,15 +109,20 @@ def smoke_profile() -> Profile:
         memory_rounds=1,
         memory_window_s=0.3,
         litellm=False,
+        real_rounds=1,
+        real_streams=1,
+        real_stream_tokens=8,
+        real_chats=1,
+        real_embeddings=3,
     )
 
 
 def chat_body(
-    *, stream: bool, max_tokens: int | None = None, text: str = "Hello"
+    *, stream: bool, max_tokens: int | None = None, text: str = "Hello", model: str = CHAT_MODEL
 ) -> dict[str, Any]:
-    """An OpenAI chat request for the bench's chat model."""
+    """An OpenAI chat request for the bench's chat model (or ``model``)."""
     body: dict[str, Any] = {
-        "model": CHAT_MODEL,
+        "model": model,
         "messages": [
             {"role": "system", "content": "You are a helpful assistant."},
             {"role": "user", "content": text},
@@ -111,9 +134,11 @@ def chat_body(
     return body
 
 
-def embed_body(text: str = "The quick brown fox jumps over the lazy dog.") -> dict[str, Any]:
-    """An OpenAI embeddings request for the bench's embedding model."""
-    return {"model": EMBED_MODEL, "input": text}
+def embed_body(
+    text: str = "The quick brown fox jumps over the lazy dog.", model: str = EMBED_MODEL
+) -> dict[str, Any]:
+    """An OpenAI embeddings request for the bench's embedding model (or ``model``)."""
+    return {"model": model, "input": text}
 
 
 @dataclass
@@ -124,7 +149,11 @@ class Bench:
     loadgen: LoadGen
     workdir: Path
     aa: bool = False
+    named: tuple[str, ...] = ()
+    """The scenarios asked for by name (``--only``); empty when all run."""
     _zero: ProxyStack | None = field(default=None, repr=False)
+    _nginx: NginxStack | None = field(default=None, repr=False)
+    _nginx_missing: str | None = field(default=None, repr=False)
 
     @property
     def smoke(self) -> bool:
@@ -156,7 +185,28 @@ class Bench:
             self._zero = stack
         return self._zero
 
+    def nginx(self) -> NginxStack | None:
+        """nginx in front of the shared stack's backend (started once), or None when it cannot
+        run; :attr:`nginx_missing` then says why."""
+        if self._nginx is None and self._nginx_missing is None:
+            try:
+                stack = NginxStack(self.workdir, self.zero_stack().direct_url, find_nginx())
+                stack.start()
+            except StackError as exc:
+                self._nginx_missing = str(exc)
+            else:
+                self._nginx = stack
+        return self._nginx
+
+    @property
+    def nginx_missing(self) -> str | None:
+        """Why :meth:`nginx` gave None (None when it runs or was not asked for)."""
+        return self._nginx_missing
+
     def close(self) -> None:
+        if self._nginx is not None:
+            self._nginx.stop()
+            self._nginx = None
         if self._zero is not None:
             self._zero.stop()
             self._zero = None

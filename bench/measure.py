@@ -4,13 +4,30 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from bench.loadgen import LoadGen
 from bench.stack import Target
 from bench.stats import percentile
 
-__all__ = ["Latency", "Saturation", "latency_round", "saturate"]
+__all__ = [
+    "Latency",
+    "Saturation",
+    "StreamLatency",
+    "latency_round",
+    "rotate",
+    "saturate",
+    "stream_latency_round",
+]
+
+T = TypeVar("T")
+
+
+def rotate(items: Sequence[T], i: int) -> list[T]:
+    """``items`` rotated by ``i`` places: over the rounds each target takes each place in the
+    order (with two targets, plain alternation)."""
+    k = i % len(items) if items else 0
+    return [*items[k:], *items[:k]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,3 +142,57 @@ def saturate(
         loadgen_cpu_pct=float(result["loadgen_cpu_pct"]),
         rss_peak={k: int(v) for k, v in result["rss_peak"].items()},
     )
+
+
+@dataclass(frozen=True, slots=True)
+class StreamLatency:
+    """One target's streams in one round: medians over its streams, and their content digests."""
+
+    ttfc_p50: float
+    total_p50: float
+    decode_per_s: float
+    chunks: float
+    digests: tuple[str, ...]
+    n: int
+
+
+def stream_latency_round(
+    lg: LoadGen,
+    targets: Sequence[Target],
+    path: str,
+    body: dict[str, Any],
+    requests: int,
+    warmup: int,
+) -> tuple[dict[str, StreamLatency], float]:
+    """One round of streams at concurrency 1, alternated between ``targets``.
+
+    Returns each target's :class:`StreamLatency` (ms, chunks per second) and the load
+    generator's CPU% during the round.
+
+    Raises:
+        RuntimeError: a stream failed (an error status, an error chunk, or no ``[DONE]``).
+    """
+    result = lg.run(
+        {
+            "op": "stream_latency",
+            "targets": [t.as_job() for t in targets],
+            "path": path,
+            "body": body,
+            "requests": requests,
+            "warmup": warmup,
+        },
+        timeout=600.0,
+    )
+    if any(result["errors"].values()):
+        raise RuntimeError(f"{path}: errors {result['errors']}: {result['error_samples']}")
+    out = {}
+    for name, rec in result["targets"].items():
+        out[name] = StreamLatency(
+            ttfc_p50=percentile(rec["ttfc_ms"], 50),
+            total_p50=percentile(rec["total_ms"], 50),
+            decode_per_s=percentile(rec["decode_per_s"], 50),
+            chunks=percentile(rec["chunks"], 50),
+            digests=tuple(rec["digests"]),
+            n=len(rec["ttfc_ms"]),
+        )
+    return out, float(result["loadgen_cpu_pct"])

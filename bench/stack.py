@@ -1,5 +1,6 @@
 """Start and stop what the bench measures: the simulator, the proxy (with its own simulator
-child) and LiteLLM's proxy, each as a real process on loopback (:mod:`proxy.testing.harness`).
+child, or the real Ollama), nginx and LiteLLM's proxy, each as a real process on loopback
+(:mod:`proxy.testing.harness`).
 
 The proxy supervises its own ``ollama-sim serve`` on ``OLLAMA_INTERNAL_HOST``; the bench calls
 that same child directly for the baseline ("direct"), so baseline and subject always share one
@@ -29,11 +30,16 @@ __all__ = [
     "EMBED_MODEL",
     "REPO",
     "LiteLLMStack",
+    "NginxStack",
     "ProxyStack",
+    "RealOllama",
     "SimulatorStack",
     "StackError",
     "Target",
+    "find_nginx",
+    "find_uv",
     "http_post",
+    "real_ollama",
 ]
 
 REPO = Path(__file__).resolve().parents[1]
@@ -135,17 +141,17 @@ class ProxyStack:
             self.direct_url = self.proxy_url = self.process.url
             self._headers: dict[str, str] = {}
             return
-        env = proxy_env(
-            workdir / name,
+        overrides = {
             **(sim_env or {}),
-            OLLAMA_MODELS=str(models_dir),
-            OLLAMA_CHAT_MODELS=CHAT_MODEL,
-            OLLAMA_EMBEDDING_MODELS=EMBED_MODEL,
-            PROXY_API_KEY=API_KEY,
-            PROXY_MAX_CONCURRENCY="1024",
-            PROXY_MAX_QUEUE="1024",
-            **(extra_env or {}),
-        )
+            "OLLAMA_MODELS": str(models_dir),
+            "OLLAMA_CHAT_MODELS": CHAT_MODEL,
+            "OLLAMA_EMBEDDING_MODELS": EMBED_MODEL,
+            "PROXY_API_KEY": API_KEY,
+            "PROXY_MAX_CONCURRENCY": "1024",
+            "PROXY_MAX_QUEUE": "1024",
+            **(extra_env or {}),  # may replace any of the above (OLLAMA_BIN too)
+        }
+        env = proxy_env(workdir / name, None, **overrides)
         proxy = ProxyProcess(env, log_path=workdir / f"{name}.log", python_args=python_args)
         self.process = proxy
         self.direct_url, self.proxy_url = proxy.ollama_url, proxy.url
@@ -207,12 +213,233 @@ class ProxyStack:
         return Target(name, self.proxy_url, self._headers)
 
 
+# ---------------------------------------------------------------------- real Ollama
+
+REAL_OLLAMA_SCRIPT = REPO / "scripts" / "real-ollama.sh"
+REAL_CHAT_MODEL = "smollm2:135m"
+REAL_EMBED_MODEL = "all-minilm:l6-v2"
+"""The tutorial's models as ``scripts/real-ollama.sh`` creates them."""
+
+
+@dataclass(frozen=True, slots=True)
+class RealOllama:
+    """A real Ollama executable and the models directory holding the tutorial's models."""
+
+    bin: Path
+    models: Path
+
+    def proxy_env(self) -> dict[str, str]:
+        """``extra_env`` of a :class:`ProxyStack` in front of this Ollama and its models."""
+        return {
+            "OLLAMA_BIN": str(self.bin),
+            "OLLAMA_MODELS": str(self.models),
+            "OLLAMA_CHAT_MODELS": REAL_CHAT_MODEL,
+            "OLLAMA_EMBEDDING_MODELS": REAL_EMBED_MODEL,
+            # A shared cache: Ollama must not prune blobs in it at start.
+            "OLLAMA_NOPRUNE": "1",
+            "OLLAMA_START_TIMEOUT": "60",
+            "PULL_RETRIES": "1",
+        }
+
+
+def real_ollama() -> RealOllama:
+    """What ``scripts/real-ollama.sh --check`` finds cached (it builds nothing).
+
+    Raises:
+        StackError: nothing is cached; the message says how to build it.
+    """
+    try:
+        done = subprocess.run(
+            ["bash", str(REAL_OLLAMA_SCRIPT), "--check"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        )
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise StackError(f"scripts/real-ollama.sh --check did not run: {exc}") from None
+    values = dict(line.split("=", 1) for line in done.stdout.splitlines() if "=" in line)
+    if done.returncode != 0 or not {"OLLAMA_BIN", "OLLAMA_MODELS"} <= values.keys():
+        raise StackError(
+            "the real Ollama and its models are not cached: run scripts/real-ollama.sh once "
+            "(about 10 minutes)"
+        )
+    return RealOllama(Path(values["OLLAMA_BIN"]), Path(values["OLLAMA_MODELS"]))
+
+
+# ---------------------------------------------------------------------- nginx
+
+NGINX_PATHS = (Path("/usr/sbin/nginx"), Path("/usr/local/sbin/nginx"))
+"""Where Debian and source builds put nginx, often off a non-root user's PATH."""
+
+
+def find_nginx() -> Path:
+    """The ``nginx`` executable.
+
+    Raises:
+        StackError: not installed (the message says how to install it).
+    """
+    found = shutil.which("nginx")
+    if found is not None:
+        return Path(found)
+    for path in NGINX_PATHS:
+        if os.access(path, os.X_OK):
+            return path
+    raise StackError("nginx is not installed (Debian: apt-get install nginx)")
+
+
+def nginx_version(exe: Path) -> str:
+    """``nginx/1.22.1``, from ``nginx -v`` (which writes to stderr)."""
+    done = subprocess.run([str(exe), "-v"], capture_output=True, text=True, check=False)
+    words = (done.stderr + done.stdout).split()
+    return next((w for w in words if w.startswith("nginx/")), "nginx")
+
+
+_NGINX_CONF = """\
+# The bench's floor anchor (bench/stack.py): nginx as a plain streaming reverse proxy, one worker.
+daemon off;
+worker_processes 1;
+pid {root}/nginx.pid;
+error_log {root}/error.log warn;
+events {{
+    worker_connections 4096;
+}}
+http {{
+    access_log {root}/access.log;
+    client_body_temp_path {root}/tmp/body;
+    proxy_temp_path {root}/tmp/proxy;
+    fastcgi_temp_path {root}/tmp/fastcgi;
+    uwsgi_temp_path {root}/tmp/uwsgi;
+    scgi_temp_path {root}/tmp/scgi;
+    keepalive_requests 1000000;
+    keepalive_timeout 300s;
+    upstream backend {{
+        server {backend};
+        keepalive 64;
+        keepalive_requests 1000000;
+        keepalive_timeout 300s;
+    }}
+    server {{
+        listen 127.0.0.1:{port};
+        location / {{
+            proxy_pass http://backend;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_buffering off;
+            proxy_request_buffering off;
+            proxy_read_timeout 600s;
+        }}
+    }}
+}}
+"""
+
+
+class NginxStack(ServiceProcess):
+    """nginx in front of an Ollama-compatible backend: the floor any reverse proxy pays.
+
+    A plain streaming reverse proxy: ``proxy_buffering off`` (each piece relayed as it arrives),
+    HTTP/1.1 with a keep-alive pool to the backend, an access log, no auth, one worker. Its
+    prefix, configuration, pid file, logs and temporary paths all live in
+    ``workdir/nginx-<port>``, so it runs as any user on a free loopback port (``-e`` keeps it
+    from opening the system's error log before it reads the configuration).
+    """
+
+    ready_timeout = 15.0
+
+    def __init__(self, workdir: Path, backend_url: str, exe: Path) -> None:
+        port = free_port()
+        self.root = workdir / f"nginx-{port}"
+        self.config = self.root / "nginx.conf"
+        self._backend = backend_url.removeprefix("http://").rstrip("/")
+        self.version = nginx_version(exe)
+        super().__init__(
+            [
+                str(exe),
+                "-p",
+                str(self.root),
+                "-c",
+                str(self.config),
+                "-e",
+                str(self.root / "error.log"),
+            ],
+            env=dict(os.environ),
+            url=f"http://127.0.0.1:{port}",
+            log_path=self.root / "nginx.out",
+            ready_path="/",  # answered by the backend, through nginx
+        )
+        self._port = port
+
+    def start(self) -> Self:
+        (self.root / "tmp").mkdir(parents=True, exist_ok=True)
+        self.config.write_text(
+            _NGINX_CONF.format(root=self.root, backend=self._backend, port=self._port)
+        )
+        return super().start()
+
+    @property
+    def pids(self) -> list[int]:
+        """The master and its worker (their CPU is all nginx's)."""
+        root = psutil.Process(self.pid)
+        return [root.pid, *(c.pid for c in root.children(recursive=True))]
+
+    def target(self, name: str = "nginx") -> Target:
+        return Target(name, self.url, {})
+
+
 # ---------------------------------------------------------------------- LiteLLM
 
 LITELLM_DIR = Path(__file__).resolve().parent
 LITELLM_VENV = LITELLM_DIR / ".venv-litellm"
 LITELLM_REQUIREMENTS = LITELLM_DIR / "litellm.requirements.txt"
 LITELLM_KEY = "sk-bench-litellm-0123456789"
+
+
+BOOTSTRAP_UV = REPO / ".bootstrap" / "venv" / "bin" / "uv"
+"""Where ``scripts/bootstrap.sh`` installs uv when neither PATH nor ``python3 -m uv`` has it."""
+
+
+def find_uv() -> list[str]:
+    """The command that runs uv, the first that answers ``--version`` of: ``$UV`` (set by
+    ``uv run``), ``uv`` on PATH, ``-m uv`` of this interpreter or of ``$PYTHON``/``python3``,
+    the private tools environment ``scripts/bootstrap.sh`` creates (``.bootstrap/venv``), and
+    ``-m uv`` of the interpreter this virtual environment was made from. The same places
+    bootstrap looks, so the bench needs no uv on PATH.
+
+    Raises:
+        StackError: none of them has uv.
+    """
+    candidates: list[list[str]] = []
+    if uv_env := os.environ.get("UV"):
+        candidates.append([uv_env])
+    if on_path := shutil.which("uv"):
+        candidates.append([on_path])
+    for python in dict.fromkeys([sys.executable, os.environ.get("PYTHON") or "python3"]):
+        candidates.append([python, "-m", "uv"])
+    candidates.append([str(BOOTSTRAP_UV)])
+    if base := _base_python():
+        candidates.append([base, "-m", "uv"])
+    for command in candidates:
+        try:
+            done = subprocess.run(
+                [*command, "--version"], capture_output=True, timeout=30, check=False
+            )
+        except (OSError, subprocess.TimeoutExpired):
+            continue
+        if done.returncode == 0:
+            return command
+    raise StackError("no uv found (not on PATH, nor as `python -m uv`): run scripts/bootstrap.sh")
+
+
+def _base_python() -> str:
+    """The ``python3`` of the interpreter this virtual environment was made from, or ''."""
+    cfg = Path(sys.prefix) / "pyvenv.cfg"
+    if sys.prefix == sys.base_prefix or not cfg.is_file():
+        return ""
+    for line in cfg.read_text().splitlines():
+        key, _, value = line.partition("=")
+        if key.strip() == "home":
+            return str(Path(value.strip()) / "python3")
+    return ""
 
 
 def ensure_litellm(log: Path) -> Path:
@@ -226,15 +453,13 @@ def ensure_litellm(log: Path) -> Path:
     wanted = LITELLM_REQUIREMENTS.read_text()
     if exe.exists() and stamp.exists() and stamp.read_text() == wanted:
         return exe
-    uv = shutil.which("uv")
-    if uv is None:
-        raise StackError("uv is not on PATH; cannot create bench/.venv-litellm")
+    uv = find_uv()
     log.parent.mkdir(parents=True, exist_ok=True)
     with log.open("ab") as out:
         steps = [
-            [uv, "venv", "--allow-existing", "--python", sys.executable, str(LITELLM_VENV)],
+            [*uv, "venv", "--allow-existing", "--python", sys.executable, str(LITELLM_VENV)],
             [
-                uv,
+                *uv,
                 "pip",
                 "install",
                 "--python",
@@ -246,7 +471,7 @@ def ensure_litellm(log: Path) -> Path:
         for step in steps:
             done = subprocess.run(step, stdout=out, stderr=subprocess.STDOUT, check=False)
             if done.returncode != 0:
-                raise StackError(f"`{' '.join(step[:3])}` failed; see {log}")
+                raise StackError(f"`uv {' '.join(step[len(uv) : len(uv) + 2])}` failed; see {log}")
     if not exe.exists():
         raise StackError(f"no litellm executable after the install; see {log}")
     stamp.write_text(wanted)
