@@ -19,6 +19,11 @@ Jobs (``op``):
     streams back to back. Counts chunks received in the window ``[spread_s, spread_s +
     duration_s]``, time to first chunk per stream and, with ``verify``, a digest of each
     completed stream's content (chunk order included) per worker, for comparison across targets.
+``stream_latency``
+    Concurrency 1, one keep-alive connection per target, streamed requests alternated between
+    the targets (ABBA) as in ``latency``. Per stream: time to first chunk, total time, the SSE
+    chunks, the decode rate (chunks after the first per second between the first and the last)
+    and a digest of the content, so targets that should stream the same text can be compared.
 """
 
 from __future__ import annotations
@@ -505,10 +510,71 @@ async def _job_streams(job: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+async def _job_stream_latency(job: dict[str, Any]) -> dict[str, Any]:
+    targets: list[dict[str, Any]] = job["targets"]
+    path: str = job["path"]
+    body = _body(job)
+    warmup: int = job.get("warmup", 1)
+    sessions = {t["name"]: _session(t, 1) for t in targets}
+    fields = ("ttfc_ms", "total_ms", "chunks", "decode_per_s", "digests")
+    out: dict[str, dict[str, list[Any]]] = {t["name"]: {f: [] for f in fields} for t in targets}
+    errors: dict[str, int] = {t["name"]: 0 for t in targets}
+    samples: list[str] = []
+    try:
+        t_start = time.perf_counter()
+        self0 = _cpu_self()
+        for i in range(warmup + job["requests"]):
+            for target in targets if i % 2 == 0 else list(reversed(targets)):
+                name = target["name"]
+                verifier = _Verifier()
+                first = last = 0.0
+                t0 = time.perf_counter()
+                async with sessions[name].post(path, data=body) as resp:
+                    if resp.status != 200:
+                        text = await resp.read()
+                        errors[name] += 1
+                        if len(samples) < 5:
+                            samples.append(f"{name}: {resp.status}: {text[:200]!r}")
+                        continue
+                    async for piece in resp.content.iter_any():
+                        if verifier.feed(piece):
+                            last = time.perf_counter()
+                            first = first or last
+                end = time.perf_counter()
+                if verifier.error is not None or not verifier.done or not first:
+                    errors[name] += 1
+                    if len(samples) < 5:
+                        samples.append(f"{name}: {verifier.error or 'no [DONE]'}")
+                    continue
+                if i < warmup:
+                    continue
+                record = out[name]
+                record["ttfc_ms"].append((first - t0) * 1000.0)
+                record["total_ms"].append((end - t0) * 1000.0)
+                record["chunks"].append(verifier.chunks)
+                span = last - first
+                rate = (verifier.chunks - 1) / span if verifier.chunks > 1 and span > 0 else 0.0
+                record["decode_per_s"].append(rate)
+                record["digests"].append(verifier.digest)
+        wall = time.perf_counter() - t_start
+        self_cpu = _cpu_self() - self0
+    finally:
+        for session in sessions.values():
+            await session.close()
+    return {
+        "targets": out,
+        "errors": errors,
+        "error_samples": samples,
+        "wall_s": wall,
+        "loadgen_cpu_pct": 100.0 * self_cpu / wall if wall else 0.0,
+    }
+
+
 _JOBS: dict[str, Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]] = {
     "latency": _job_latency,
     "saturate": _job_saturate,
     "streams": _job_streams,
+    "stream_latency": _job_stream_latency,
 }
 
 

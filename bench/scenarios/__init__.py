@@ -7,13 +7,22 @@ from types import ModuleType
 
 from bench.context import Bench
 from bench.report import ScenarioResult
-from bench.scenarios import cost, latency, litellm, memory, pace, readiness, ubiops
+from bench.scenarios import cost, latency, litellm, memory, pace, readiness, real, ubiops
 
 __all__ = ["SCENARIOS", "Runner"]
 
 Runner = Callable[[Bench], ScenarioResult]
 
-_MODULES: tuple[ModuleType, ...] = (latency, cost, pace, ubiops, litellm, readiness, memory)
+_MODULES: tuple[ModuleType, ...] = (
+    latency,
+    cost,
+    pace,
+    ubiops,
+    litellm,
+    real,
+    readiness,
+    memory,
+)
 
 SCENARIOS: dict[str, ModuleType] = {m.NAME: m for m in _MODULES}
 """Scenario name (the JSON key) → its module, in run order."""
