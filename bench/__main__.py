@@ -12,6 +12,9 @@ Options:
   --out PATH       JSON output (default bench/results/latest.json; smoke: smoke.json)
   --self-check     A/A run: the "proxy" is the simulator itself; ratios ~1, differences ~0
   --keep-logs      keep the work directory (process logs, model stores)
+
+The JSON's ``meta.commit`` is the commit measured (``+local changes`` when the working tree
+differs from it); set ``BENCH_COMMIT`` when running from an exported tree without ``.git``.
 """
 
 from __future__ import annotations
@@ -36,6 +39,8 @@ from bench.report import ScenarioResult, render_table, write_json
 from bench.scenarios import SCENARIOS
 
 RESULTS = Path(__file__).resolve().parent / "results"
+_MEASURED = ("proxy", "deployment_package", "bench", "pyproject.toml", "uv.lock")
+"""The paths whose code the figures measure."""
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -66,17 +71,26 @@ def _selected(only: list[str]) -> list[str]:
 
 
 def _git_commit() -> str:
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"],
-            capture_output=True,
-            text=True,
-            check=False,
-            cwd=Path(__file__).resolve().parents[1],
-        )
-    except OSError:
+    """The measured code's commit: ``$BENCH_COMMIT`` (for a run from an exported tree), else
+    ``git rev-parse``, marked ``+local changes`` when the measured paths differ from it."""
+    if given := os.environ.get("BENCH_COMMIT"):
+        return given
+    repo = Path(__file__).resolve().parents[1]
+
+    def git(*args: str) -> subprocess.CompletedProcess[str] | None:
+        try:
+            return subprocess.run(
+                ["git", *args], capture_output=True, text=True, check=False, cwd=repo
+            )
+        except OSError:
+            return None
+
+    head = git("rev-parse", "--short", "HEAD")
+    if head is None or head.returncode != 0 or not head.stdout.strip():
         return "unknown"
-    return out.stdout.strip() or "unknown"
+    changed = git("diff", "--quiet", "HEAD", "--", *_MEASURED)
+    dirty = changed is not None and changed.returncode == 1
+    return head.stdout.strip() + (" +local changes" if dirty else "")
 
 
 def main(argv: list[str] | None = None) -> int:
