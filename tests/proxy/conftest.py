@@ -9,6 +9,7 @@ import pytest_asyncio
 from proxy_support import Proxy, serve_proxy, simulator
 
 from proxy.testing.services import SimulatorProcess
+from tests.clients import CLIENT_TIMEOUT
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
@@ -28,5 +29,5 @@ async def proxy(sim: SimulatorProcess) -> AsyncIterator[Proxy]:
 @pytest_asyncio.fixture(loop_scope="module")
 async def http() -> AsyncIterator[aiohttp.ClientSession]:
     """A plain HTTP client."""
-    async with aiohttp.ClientSession() as session:
+    async with aiohttp.ClientSession(timeout=CLIENT_TIMEOUT) as session:
         yield session

@@ -26,6 +26,7 @@ from proxy.config import Settings
 from proxy.state import InstanceState, ModelStatus, OllamaStatus
 from proxy.testing.harness import serve_app
 from proxy.testing.services import SimulatorProcess
+from tests.clients import CLIENT_TIMEOUT
 
 API_KEY = "test-api-key-0123456789abcdef"
 ADMIN_KEY = "test-admin-key-0123456789abcdef"
@@ -92,7 +93,7 @@ async def serve_proxy(
 
 async def pull(sim_url: str, *models: str) -> None:
     """Pull ``models`` into the simulator (it answers only for pulled models)."""
-    async with aiohttp.ClientSession() as session:
+    async with aiohttp.ClientSession(timeout=CLIENT_TIMEOUT) as session:
         for model in models:
             async with session.post(
                 f"{sim_url}/api/pull", json={"model": model, "stream": False}

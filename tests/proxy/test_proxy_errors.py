@@ -13,13 +13,15 @@ from proxy_support import API_KEY, CHAT, CHAT2, EMBED, MESSAGES, Proxy, serve_pr
 
 from proxy.appkeys import GUARD
 from proxy.state import ModelStatus, OllamaStatus
-from proxy.testing.harness import free_port
+from proxy.testing.harness import await_until, free_port
 from proxy.testing.services import SimulatorProcess
+from tests.clients import CLIENT_TIMEOUT_SECONDS
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
 OPENAI_CHAT = "/v1/chat/completions"
 OLLAMA_CHAT = "/api/chat"
+QUEUE_WAIT = 10.0  # seconds a request may take to reach the queue or leave the slot
 
 
 async def post(
@@ -106,7 +108,9 @@ async def test_unknown_model_is_404_listing_the_models(
 
 
 async def test_the_clients_raise_their_own_errors(proxy: Proxy) -> None:
-    client = openai.AsyncOpenAI(base_url=f"{proxy.url}/v1", api_key=API_KEY, max_retries=0)
+    client = openai.AsyncOpenAI(
+        base_url=f"{proxy.url}/v1", api_key=API_KEY, max_retries=0, timeout=CLIENT_TIMEOUT_SECONDS
+    )
     with pytest.raises(openai.NotFoundError):
         await client.chat.completions.create(model="nope", messages=MESSAGES)  # type: ignore[arg-type]
     with pytest.raises(openai.BadRequestError) as caught:
@@ -114,9 +118,16 @@ async def test_the_clients_raise_their_own_errors(proxy: Proxy) -> None:
     assert caught.value.param == "model"
     with pytest.raises(openai.AuthenticationError):
         await openai.AsyncOpenAI(
-            base_url=f"{proxy.url}/v1", api_key="wrong-key-0123456789", max_retries=0
+            base_url=f"{proxy.url}/v1",
+            api_key="wrong-key-0123456789",
+            max_retries=0,
+            timeout=CLIENT_TIMEOUT_SECONDS,
         ).models.list()
-    native = ollama.AsyncClient(host=proxy.url, headers={"Authorization": f"Bearer {API_KEY}"})
+    native = ollama.AsyncClient(
+        host=proxy.url,
+        headers={"Authorization": f"Bearer {API_KEY}"},
+        timeout=CLIENT_TIMEOUT_SECONDS,
+    )
     with pytest.raises(ollama.ResponseError) as native_caught:
         await native.chat(EMBED, MESSAGES)
     assert native_caught.value.status_code == 400
@@ -202,28 +213,37 @@ async def test_an_unreachable_ollama_is_503(http: aiohttp.ClientSession) -> None
 
 
 async def test_a_full_queue_is_429_and_a_short_one_waits(http: aiohttp.ClientSession) -> None:
+    """One slot and one place in the queue: a third request is refused at once, and the queued
+    one is served as soon as the slot is free.
+
+    Nothing here depends on how fast the machine is: the first request holds the slot with a
+    stream far longer than the test, until its client goes away; the test waits for the queue
+    to fill rather than for a fixed time.
+    """
     body = {"model": CHAT, "messages": MESSAGES}
+    short = {"model": CHAT, "prompt": "x", "stream": False, "options": {"num_predict": 2}}
     async with (
-        simulator({"SIM_TOKEN_DELAY": "0.02", "SIM_NUM_TOKENS": "15"}) as slow,
+        simulator({"SIM_TOKEN_DELAY": "0.05", "SIM_NUM_TOKENS": "100000"}) as slow,
         serve_proxy(slow.url, proxy_max_concurrency=1, proxy_max_queue=1) as busy,
     ):
+        guard = busy.app[GUARD]
         async with http.post(busy.url + OLLAMA_CHAT, json=body, headers=busy.headers) as first:
-            await first.content.readline()  # the slot is taken
-            queued = asyncio.create_task(
-                post(http, busy, "/api/generate", {"model": CHAT, "prompt": "x", "stream": False})
-            )
-            await asyncio.sleep(0.05)
-            assert (busy.app[GUARD].active, busy.app[GUARD].queued) == (1, 1)
+            await first.content.readline()  # the slot is taken, for as long as this stream lasts
+            queued = asyncio.create_task(post(http, busy, "/api/generate", short))
+            await await_until(lambda: guard.queued == 1, QUEUE_WAIT, "a request in the queue")
+            assert guard.active == 1
             for path in (OPENAI_CHAT, OLLAMA_CHAT):
                 status, document, headers = await post(http, busy, path, {**body, "stream": False})
                 assert status == 429
                 assert headers["Retry-After"] == "1"
                 assert "busy" in message_of(path, document, status=429)
-            await first.read()
-        async with asyncio.timeout(5):
-            status, document, _ = await queued  # it waited for the slot, then was served
+            assert not queued.done()
+            first.close()  # the client goes away: its stream ends and the slot passes on
+        status, document, _ = await queued  # it waited for the slot, then was served
         assert status == 200
         assert document["done"] is True
+        await await_until(lambda: guard.active == 0, QUEUE_WAIT, "the slot to be free")
+        assert guard.queued == 0
 
 
 async def test_upstream_timeouts_are_504(http: aiohttp.ClientSession) -> None:

@@ -23,16 +23,25 @@ from proxy_support import (
 
 from proxy.testing.services import SimulatorProcess
 from proxy.testing.simulator import expected_embedding, expected_text
+from tests.clients import CLIENT_TIMEOUT, CLIENT_TIMEOUT_SECONDS
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
 
 def sync_client(proxy: Proxy) -> ollama.Client:
-    return ollama.Client(host=proxy.url, headers={"Authorization": f"Bearer {API_KEY}"})
+    return ollama.Client(
+        host=proxy.url,
+        headers={"Authorization": f"Bearer {API_KEY}"},
+        timeout=CLIENT_TIMEOUT_SECONDS,
+    )
 
 
 def async_client(proxy: Proxy) -> ollama.AsyncClient:
-    return ollama.AsyncClient(host=proxy.url, headers={"Authorization": f"Bearer {API_KEY}"})
+    return ollama.AsyncClient(
+        host=proxy.url,
+        headers={"Authorization": f"Bearer {API_KEY}"},
+        timeout=CLIENT_TIMEOUT_SECONDS,
+    )
 
 
 async def test_chat_sync_stream_and_not(proxy: Proxy) -> None:
@@ -134,7 +143,7 @@ def _ndjson(body: bytes) -> list[dict[str, object]]:
 async def test_ndjson_lines_equal_the_simulators(
     proxy: Proxy, sim: SimulatorProcess, path: str, body: dict[str, object]
 ) -> None:
-    async with aiohttp.ClientSession() as session:
+    async with aiohttp.ClientSession(timeout=CLIENT_TIMEOUT) as session:
         async with session.post(sim.url + path, json=body) as direct:
             expected = await direct.read()
         async with session.post(proxy.url + path, json=body, headers=proxy.headers) as relayed:

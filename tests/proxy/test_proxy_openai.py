@@ -23,16 +23,21 @@ from proxy_support import (
 
 from proxy.testing.services import SimulatorProcess
 from proxy.testing.simulator import expected_embedding, expected_text
+from tests.clients import CLIENT_TIMEOUT, CLIENT_TIMEOUT_SECONDS
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
 
 def sync_client(proxy: Proxy) -> openai.OpenAI:
-    return openai.OpenAI(base_url=f"{proxy.url}/v1", api_key=API_KEY, max_retries=0)
+    return openai.OpenAI(
+        base_url=f"{proxy.url}/v1", api_key=API_KEY, max_retries=0, timeout=CLIENT_TIMEOUT_SECONDS
+    )
 
 
 def async_client(proxy: Proxy) -> openai.AsyncOpenAI:
-    return openai.AsyncOpenAI(base_url=f"{proxy.url}/v1", api_key=API_KEY, max_retries=0)
+    return openai.AsyncOpenAI(
+        base_url=f"{proxy.url}/v1", api_key=API_KEY, max_retries=0, timeout=CLIENT_TIMEOUT_SECONDS
+    )
 
 
 async def test_chat_sync(proxy: Proxy) -> None:
@@ -155,7 +160,7 @@ def _sse_events(body: bytes) -> list[object]:
 
 async def test_sse_chunks_equal_the_simulators(proxy: Proxy, sim: SimulatorProcess) -> None:
     body = {"model": CHAT, "messages": MESSAGES, "stream": True}
-    async with aiohttp.ClientSession() as session:
+    async with aiohttp.ClientSession(timeout=CLIENT_TIMEOUT) as session:
         async with session.post(f"{sim.url}/v1/chat/completions", json=body) as direct:
             expected = await direct.read()
         async with session.post(

@@ -19,6 +19,7 @@ from proxy_support import API_KEY, CHAT, MESSAGES, PROMPT, Proxy, serve_proxy, s
 
 from proxy.appkeys import GUARD
 from proxy.testing.services import SimulatorProcess
+from tests.clients import CLIENT_TIMEOUT, CLIENT_TIMEOUT_SECONDS
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
@@ -61,7 +62,10 @@ async def _assert_cancelled_upstream(sim: SimulatorProcess, proxy: Proxy, before
 
 
 async def test_ndjson_client_disconnect_cancels_upstream(slow_sim: SimulatorProcess) -> None:
-    async with serve_proxy(slow_sim.url) as proxy, aiohttp.ClientSession() as http:
+    async with (
+        serve_proxy(slow_sim.url) as proxy,
+        aiohttp.ClientSession(timeout=CLIENT_TIMEOUT) as http,
+    ):
         before = slow_sim.logs().count(SIM_GAVE_UP)
         response = await http.post(
             proxy.url + "/api/chat",
@@ -78,7 +82,12 @@ async def test_ndjson_client_disconnect_cancels_upstream(slow_sim: SimulatorProc
 async def test_sse_client_disconnect_cancels_upstream(slow_sim: SimulatorProcess) -> None:
     async with serve_proxy(slow_sim.url) as proxy:
         before = slow_sim.logs().count(SIM_GAVE_UP)
-        client = openai.AsyncOpenAI(base_url=f"{proxy.url}/v1", api_key=API_KEY, max_retries=0)
+        client = openai.AsyncOpenAI(
+            base_url=f"{proxy.url}/v1",
+            api_key=API_KEY,
+            max_retries=0,
+            timeout=CLIENT_TIMEOUT_SECONDS,
+        )
         stream = await client.completions.create(model=CHAT, prompt=PROMPT, stream=True)
         received = 0
         async for _chunk in stream:
@@ -96,7 +105,7 @@ def _sse_data(body: bytes) -> list[bytes]:
 
 async def test_a_cut_stream_ends_with_an_error_in_its_framing() -> None:
     async with simulator({"SIM_STREAM_CUT_AFTER": "3"}) as sim, serve_proxy(sim.url) as proxy:
-        async with aiohttp.ClientSession(headers=proxy.headers) as http:
+        async with aiohttp.ClientSession(headers=proxy.headers, timeout=CLIENT_TIMEOUT) as http:
             async with http.post(
                 proxy.url + "/api/generate", json={"model": CHAT, "prompt": PROMPT}
             ) as response:
@@ -116,11 +125,18 @@ async def test_a_cut_stream_ends_with_an_error_in_its_framing() -> None:
         assert error["type"] == "api_error"
         assert "mid-stream" in error["message"]
 
-        native = ollama.AsyncClient(host=proxy.url, headers=proxy.headers)
+        native = ollama.AsyncClient(
+            host=proxy.url, headers=proxy.headers, timeout=CLIENT_TIMEOUT_SECONDS
+        )
         with pytest.raises(ollama.ResponseError, match="mid-stream"):
             async for _part in await native.chat(CHAT, MESSAGES, stream=True):
                 pass
-        client = openai.OpenAI(base_url=f"{proxy.url}/v1", api_key=API_KEY, max_retries=0)
+        client = openai.OpenAI(
+            base_url=f"{proxy.url}/v1",
+            api_key=API_KEY,
+            max_retries=0,
+            timeout=CLIENT_TIMEOUT_SECONDS,
+        )
 
         def consume() -> None:
             for _chunk in client.chat.completions.create(
@@ -134,12 +150,19 @@ async def test_a_cut_stream_ends_with_an_error_in_its_framing() -> None:
 
 async def test_an_upstream_error_mid_stream_reaches_the_clients() -> None:
     async with simulator({"SIM_STREAM_ERROR_AFTER": "2"}) as sim, serve_proxy(sim.url) as proxy:
-        native = ollama.AsyncClient(host=proxy.url, headers=proxy.headers)
+        native = ollama.AsyncClient(
+            host=proxy.url, headers=proxy.headers, timeout=CLIENT_TIMEOUT_SECONDS
+        )
         with pytest.raises(ollama.ResponseError) as caught:
             async for _part in await native.generate(CHAT, PROMPT, stream=True):
                 pass
         assert caught.value.error  # Ollama's own in-band line, relayed as it was
-        client = openai.AsyncOpenAI(base_url=f"{proxy.url}/v1", api_key=API_KEY, max_retries=0)
+        client = openai.AsyncOpenAI(
+            base_url=f"{proxy.url}/v1",
+            api_key=API_KEY,
+            max_retries=0,
+            timeout=CLIENT_TIMEOUT_SECONDS,
+        )
         stream = await client.chat.completions.create(model=CHAT, messages=MESSAGES, stream=True)
         with pytest.raises(openai.APIError):  # Ollama sent no [DONE]: the proxy says so
             async for _chunk in stream:
@@ -149,7 +172,9 @@ async def test_an_upstream_error_mid_stream_reaches_the_clients() -> None:
 
 async def test_ollama_dying_mid_stream_and_before_an_answer() -> None:
     async with simulator({"SIM_CRASH_AFTER": "0"}) as sim, serve_proxy(sim.url) as proxy:
-        native = ollama.AsyncClient(host=proxy.url, headers=proxy.headers)
+        native = ollama.AsyncClient(
+            host=proxy.url, headers=proxy.headers, timeout=CLIENT_TIMEOUT_SECONDS
+        )
         parts: list[ollama.ChatResponse] = []
 
         async def consume() -> None:
@@ -160,7 +185,12 @@ async def test_ollama_dying_mid_stream_and_before_an_answer() -> None:
             await consume()
         assert len(parts) == 1  # the chunk that made it, then the error
     async with simulator({"SIM_CRASH_AFTER": "0"}) as sim, serve_proxy(sim.url) as proxy:
-        client = openai.AsyncOpenAI(base_url=f"{proxy.url}/v1", api_key=API_KEY, max_retries=0)
+        client = openai.AsyncOpenAI(
+            base_url=f"{proxy.url}/v1",
+            api_key=API_KEY,
+            max_retries=0,
+            timeout=CLIENT_TIMEOUT_SECONDS,
+        )
         with pytest.raises(openai.InternalServerError) as caught:
             await client.chat.completions.create(model=CHAT, messages=MESSAGES)
         assert caught.value.status_code == 503
@@ -182,7 +212,7 @@ async def test_a_silent_upstream_mid_stream_is_cut_with_an_error() -> None:
     async with (
         TestServer(fake, host="127.0.0.1") as upstream,
         serve_proxy(f"http://127.0.0.1:{upstream.port}", proxy_request_timeout=0.2) as proxy,
-        aiohttp.ClientSession(headers=proxy.headers) as http,
+        aiohttp.ClientSession(headers=proxy.headers, timeout=CLIENT_TIMEOUT) as http,
     ):
         started = time.monotonic()
         async with http.post(

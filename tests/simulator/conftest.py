@@ -9,6 +9,7 @@ import ollama
 import pytest
 
 from proxy.testing.services import SimulatorProcess
+from tests.clients import CLIENT_TIMEOUT_SECONDS
 
 CHAT_MODEL = "smollm2:135m"
 EMBED_MODEL = "all-minilm"
@@ -21,7 +22,7 @@ MakeSim = Callable[..., Awaitable[SimulatorProcess]]
 def shared_sim() -> Iterator[SimulatorProcess]:
     """A running simulator with the chat and embedding models already pulled."""
     with SimulatorProcess(FAST) as sim:
-        client = ollama.Client(host=sim.url)
+        client = ollama.Client(host=sim.url, timeout=CLIENT_TIMEOUT_SECONDS)
         client.pull(CHAT_MODEL)
         client.pull(EMBED_MODEL)
         yield sim

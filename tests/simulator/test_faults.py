@@ -18,6 +18,7 @@ from openai.types.chat import ChatCompletionMessageParam
 
 from proxy.testing.services import ServiceExited, SimulatorProcess
 from proxy.testing.simulator import expected_text, expected_tokens, read_pull_log
+from tests.clients import CLIENT_TIMEOUT, CLIENT_TIMEOUT_SECONDS
 
 from .conftest import CHAT_MODEL, MakeSim
 
@@ -28,7 +29,7 @@ CHAT: dict[str, object] = {"model": CHAT_MODEL, "messages": MESSAGES}
 
 
 async def _pull(sim: SimulatorProcess, model: str = CHAT_MODEL) -> None:
-    await ollama.AsyncClient(host=sim.url).pull(model)
+    await ollama.AsyncClient(host=sim.url, timeout=CLIENT_TIMEOUT_SECONDS).pull(model)
 
 
 async def _drain(stream: AsyncIterable[_T], into: list[_T]) -> None:
@@ -41,7 +42,10 @@ async def _lines(
 ) -> tuple[int, list[bytes], str]:
     """Status, the complete lines received, and how the body ended (``ok`` or the error type)."""
     lines: list[bytes] = []
-    async with aiohttp.ClientSession() as session, session.post(sim.url + path, json=body) as resp:
+    async with (
+        aiohttp.ClientSession(timeout=CLIENT_TIMEOUT) as session,
+        session.post(sim.url + path, json=body) as resp,
+    ):
         try:
             async for line in resp.content:
                 lines.append(line)
@@ -103,12 +107,14 @@ async def test_pull_failure_cut_drops_the_connection(make_sim: MakeSim) -> None:
     assert json.loads(lines[0]) == {"status": "pulling manifest"}
     assert len(lines) == 3
     assert all(b"error" not in line for line in lines)
-    assert (await ollama.AsyncClient(host=sim.url).list()).models == []
+    assert (
+        await ollama.AsyncClient(host=sim.url, timeout=CLIENT_TIMEOUT_SECONDS).list()
+    ).models == []
 
 
 async def test_pull_failure_inband(make_sim: MakeSim) -> None:
     sim = await make_sim({"SIM_PULL_FAILURES": "2", "SIM_PULL_FAILURE_MODE": "inband"})
-    client = ollama.AsyncClient(host=sim.url)
+    client = ollama.AsyncClient(host=sim.url, timeout=CLIENT_TIMEOUT_SECONDS)
     with pytest.raises(ollama.ResponseError, match="max retries exceeded"):
         async for _ in await client.pull(CHAT_MODEL, stream=True):
             pass
@@ -138,7 +144,7 @@ async def test_models_persist_across_restart(make_sim: MakeSim, tmp_path: Path) 
     await first.astop()
     assert (models / "manifests/registry.ollama.ai/library/smollm2/135m").is_file()
     second = await make_sim({"SIM_STATE_DIR": str(state)}, models_dir=models)
-    client = ollama.AsyncClient(host=second.url)
+    client = ollama.AsyncClient(host=second.url, timeout=CLIENT_TIMEOUT_SECONDS)
     assert [m.model for m in (await client.list()).models] == [CHAT_MODEL]
     reply = await client.chat(model=CHAT_MODEL, messages=MESSAGES)
     assert reply.message.content == expected_text(CHAT_MODEL, MESSAGES, 12)
@@ -153,7 +159,9 @@ async def test_stream_cut_after(make_sim: MakeSim) -> None:
     assert status == 200
     assert len(lines) == 3
     assert end == "ClientPayloadError"
-    client = openai.AsyncOpenAI(base_url=f"{sim.url}/v1", api_key="x", max_retries=0)
+    client = openai.AsyncOpenAI(
+        base_url=f"{sim.url}/v1", api_key="x", max_retries=0, timeout=CLIENT_TIMEOUT_SECONDS
+    )
     stream = await client.chat.completions.create(model=CHAT_MODEL, messages=MESSAGES, stream=True)
     received: list[object] = []
     with pytest.raises(openai.APIError):
@@ -174,7 +182,7 @@ async def test_stream_error_after(make_sim: MakeSim) -> None:
     assert json.loads(lines[-1]) == {
         "error": "an error was encountered while running the model: unexpected EOF"
     }
-    client = ollama.AsyncClient(host=sim.url)
+    client = ollama.AsyncClient(host=sim.url, timeout=CLIENT_TIMEOUT_SECONDS)
     with pytest.raises(ollama.ResponseError, match="unexpected EOF"):
         async for _ in await client.chat(model=CHAT_MODEL, messages=MESSAGES, stream=True):
             pass
@@ -192,7 +200,7 @@ async def test_crash_after_streams_one_chunk_then_dies_once(
     env = {"SIM_CRASH_AFTER": "1", "SIM_STATE_DIR": str(tmp_path)}
     sim = await make_sim(env)
     await _pull(sim)
-    client = ollama.AsyncClient(host=sim.url)
+    client = ollama.AsyncClient(host=sim.url, timeout=CLIENT_TIMEOUT_SECONDS)
     await client.chat(model=CHAT_MODEL, messages=MESSAGES)  # request 1 runs normally
     status, lines, end = await _lines(sim, "/api/chat", CHAT)  # request 2 crashes mid-stream
     assert status == 200
@@ -210,7 +218,7 @@ async def test_crash_after_streams_one_chunk_then_dies_once(
 async def test_crash_after_zero_kills_a_non_streamed_request(make_sim: MakeSim) -> None:
     sim = await make_sim({"SIM_CRASH_AFTER": "0"})
     await _pull(sim)
-    client = ollama.AsyncClient(host=sim.url)
+    client = ollama.AsyncClient(host=sim.url, timeout=CLIENT_TIMEOUT_SECONDS)
     assert (await client.generate(model=CHAT_MODEL, prompt="")).done_reason == "load"  # not counted
     with pytest.raises(Exception) as info:  # noqa: PT011 - any transport error
         await client.generate(model=CHAT_MODEL, prompt="x")
@@ -222,7 +230,7 @@ async def test_crash_after_zero_kills_a_non_streamed_request(make_sim: MakeSim) 
 async def test_token_delay_paces_the_stream(make_sim: MakeSim) -> None:
     sim = await make_sim({"SIM_TOKEN_DELAY": "0.05", "SIM_NUM_TOKENS": "6"})
     await _pull(sim)
-    client = ollama.AsyncClient(host=sim.url)
+    client = ollama.AsyncClient(host=sim.url, timeout=CLIENT_TIMEOUT_SECONDS)
     stamps = []
     began = time.monotonic()
     async for _ in await client.generate(model=CHAT_MODEL, prompt="x", stream=True):
@@ -235,7 +243,7 @@ async def test_token_delay_paces_the_stream(make_sim: MakeSim) -> None:
 async def test_load_delay_and_keep_alive(make_sim: MakeSim) -> None:
     sim = await make_sim({"SIM_LOAD_DELAY": "0.3", "OLLAMA_KEEP_ALIVE": "0"})
     await _pull(sim)
-    client = ollama.AsyncClient(host=sim.url)
+    client = ollama.AsyncClient(host=sim.url, timeout=CLIENT_TIMEOUT_SECONDS)
     first = await client.generate(model=CHAT_MODEL, prompt="x")
     assert first.load_duration is not None
     assert first.load_duration >= 300_000_000
@@ -250,7 +258,7 @@ async def test_load_delay_and_keep_alive(make_sim: MakeSim) -> None:
 
 async def test_extra_models_are_pullable(make_sim: MakeSim) -> None:
     sim = await make_sim({"SIM_EXTRA_MODELS": "tiny:1m=chat,myorg/emb:v2=embedding:16"})
-    client = ollama.AsyncClient(host=sim.url)
+    client = ollama.AsyncClient(host=sim.url, timeout=CLIENT_TIMEOUT_SECONDS)
     await client.pull("tiny:1m")
     await client.pull("myorg/emb:v2")
     names = sorted(m.model or "" for m in (await client.list()).models)

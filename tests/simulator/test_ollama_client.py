@@ -12,6 +12,7 @@ from proxy.testing.simulator import (
     expected_tokens,
     prompt_token_count,
 )
+from tests.clients import CLIENT_TIMEOUT_SECONDS
 
 from .conftest import CHAT_MODEL, EMBED_MODEL, MakeSim
 
@@ -20,12 +21,12 @@ MESSAGES = [{"role": "user", "content": "Why is the sky blue?"}]
 
 @pytest.fixture
 def client(shared_sim: SimulatorProcess) -> ollama.Client:
-    return ollama.Client(host=shared_sim.url)
+    return ollama.Client(host=shared_sim.url, timeout=CLIENT_TIMEOUT_SECONDS)
 
 
 async def test_pull_streams_progress_then_lists_the_model(make_sim: MakeSim) -> None:
     sim = await make_sim()
-    client = ollama.AsyncClient(host=sim.url)
+    client = ollama.AsyncClient(host=sim.url, timeout=CLIENT_TIMEOUT_SECONDS)
     statuses = [p async for p in await client.pull("smollm2", stream=True)]
 
     assert statuses[0].status == "pulling manifest"
@@ -48,7 +49,7 @@ async def test_pull_streams_progress_then_lists_the_model(make_sim: MakeSim) -> 
 
 
 async def test_pull_without_stream_returns_success(make_sim: MakeSim) -> None:
-    client = ollama.AsyncClient(host=(await make_sim()).url)
+    client = ollama.AsyncClient(host=(await make_sim()).url, timeout=CLIENT_TIMEOUT_SECONDS)
     assert (await client.pull("registry.ollama.ai/library/all-minilm:l6-v2")).status == "success"
     assert [m.model for m in (await client.list()).models] == ["all-minilm:l6-v2"]
 
@@ -144,7 +145,7 @@ def test_missing_model_is_a_404_response_error(client: ollama.Client) -> None:
     with pytest.raises(ollama.ResponseError) as shown:
         client.show("llama3.2")
     assert shown.value.status_code == 404
-    assert shown.value.error == "model 'llama3.2:latest' not found"
+    assert shown.value.error == "model 'llama3.2' not found"  # the name as given
 
 
 def test_capability_mismatches_are_400(client: ollama.Client) -> None:
@@ -152,15 +153,27 @@ def test_capability_mismatches_are_400(client: ollama.Client) -> None:
         client.chat(model=EMBED_MODEL, messages=MESSAGES)
     assert chat.value.status_code == 400
     assert chat.value.error == '"all-minilm" does not support chat'
-    with pytest.raises(ollama.ResponseError) as emb:
-        client.embed(model=CHAT_MODEL, input="x")
-    assert emb.value.status_code == 400
-    assert emb.value.error == "this model does not support embeddings"
+    tool = {"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}
+    with pytest.raises(ollama.ResponseError) as tools:
+        client.chat(model=CHAT_MODEL, messages=MESSAGES, tools=[tool])
+    assert tools.value.status_code == 400
+    assert tools.value.error == "registry.ollama.ai/library/smollm2:135m does not support tools"
+    with pytest.raises(ollama.ResponseError) as think:
+        client.chat(model=CHAT_MODEL, messages=MESSAGES, think=True)
+    assert think.value.error == '"smollm2:135m" does not support thinking'
+
+
+def test_a_chat_model_embeds_at_its_hidden_size(client: ollama.Client) -> None:
+    # Real Ollama 0.24.0 answers 200 with the chat model's own hidden states.
+    vectors = client.embed(model=CHAT_MODEL, input="x").embeddings
+    assert vectors == [expected_embedding(CHAT_MODEL, "x")]
+    assert len(vectors[0]) == 576
+    assert len(client.embeddings(model=CHAT_MODEL, prompt="x").embedding) == 576
 
 
 async def test_copy_and_delete(make_sim: MakeSim) -> None:
     sim = await make_sim()
-    client = ollama.AsyncClient(host=sim.url)
+    client = ollama.AsyncClient(host=sim.url, timeout=CLIENT_TIMEOUT_SECONDS)
     await client.pull(CHAT_MODEL)
     assert (await client.copy(CHAT_MODEL, "mine:v1")).status == "success"
     reply = await client.generate(model="mine:v1", prompt="x")

@@ -14,6 +14,7 @@ from proxy.testing.simulator import (
     prompt_token_count,
     text_token_count,
 )
+from tests.clients import CLIENT_TIMEOUT_SECONDS
 
 from .conftest import CHAT_MODEL, EMBED_MODEL
 
@@ -25,7 +26,12 @@ MESSAGES: list[ChatCompletionMessageParam] = [
 
 @pytest.fixture
 def client(shared_sim: SimulatorProcess) -> openai.OpenAI:
-    return openai.OpenAI(base_url=f"{shared_sim.url}/v1", api_key="ignored", max_retries=0)
+    return openai.OpenAI(
+        base_url=f"{shared_sim.url}/v1",
+        api_key="ignored",
+        max_retries=0,
+        timeout=CLIENT_TIMEOUT_SECONDS,
+    )
 
 
 def test_chat_completion(client: openai.OpenAI) -> None:
@@ -56,11 +62,12 @@ def test_chat_stream_with_usage(client: openai.OpenAI) -> None:
     )
     content = [c for c in chunks if c.choices and c.choices[0].delta.content]
     assert [c.choices[0].delta.content for c in content] == expected_tokens(CHAT_MODEL, MESSAGES, 5)
-    assert content[0].choices[0].delta.role == "assistant"
-    assert all(c.choices[0].delta.role is None for c in content[1:])
+    # Ollama 0.24.0 names the role in every delta, and the done chunk carries the finish reason.
+    assert all(c.choices[0].delta.role == "assistant" for c in chunks[:-1])
     assert all(c.usage is None for c in chunks[:-1])
     finish, usage = chunks[-2], chunks[-1]
     assert finish.choices[0].finish_reason == "length"
+    assert finish.choices[0].delta.content == ""
     assert usage.choices == []
     assert usage.usage is not None
     assert usage.usage.completion_tokens == 5

@@ -10,13 +10,14 @@ import pytest
 
 from proxy.testing.services import SimulatorProcess
 from proxy.testing.simulator import VERSION, expected_tokens
+from tests.clients import CLIENT_TIMEOUT
 
 from .conftest import CHAT_MODEL, EMBED_MODEL
 
 
 @pytest.fixture
 async def http(shared_sim: SimulatorProcess) -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession(base_url=shared_sim.url) as session:
+    async with aiohttp.ClientSession(base_url=shared_sim.url, timeout=CLIENT_TIMEOUT) as session:
         yield session
 
 
@@ -74,7 +75,9 @@ async def test_sse_stream_framing(http: aiohttp.ClientSession) -> None:
         },
         "finish_reason": None,
     }
-    assert chunks[-1]["choices"] == [{"index": 0, "delta": {}, "finish_reason": "stop"}]
+    assert chunks[-1]["choices"] == [
+        {"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": "stop"}
+    ]
     assert "usage" not in chunks[0]
 
 
@@ -91,7 +94,14 @@ async def test_non_stream_content_types(http: aiohttp.ClientSession) -> None:
     ("path", "body", "status", "error"),
     [
         ("/api/chat", b"", 400, "missing request body"),
-        ("/api/chat", b"{nope", 400, "invalid character 'n' looking for beginning of value"),
+        (
+            "/api/chat",
+            b"{nope",
+            400,
+            "invalid character 'n' looking for beginning of object key string",
+        ),
+        ("/api/chat", b"[nope", 400, "invalid character 'n' looking for beginning of value"),
+        ("/api/chat", b'{"model": "x"', 400, "unexpected EOF"),
         ("/api/chat", b'{"model": ""}', 400, "model is required"),
         ("/api/generate", b'{"model": ""}', 404, "model '' not found"),
         (

@@ -28,6 +28,7 @@ from proxy.ollama import (
     wait_until_ready,
 )
 from proxy.testing.harness import free_port
+from tests.clients import CLIENT_TIMEOUT
 
 from .helpers import EXIT_TIMEOUT, alive, await_until, wait_for
 
@@ -155,7 +156,7 @@ async def test_readiness_reports_an_early_exit_with_status_and_stderr(tmp_path: 
     s = settings()
     process = ollama_child(s, exe)
     await process.start()
-    async with aiohttp.ClientSession() as session:
+    async with aiohttp.ClientSession(timeout=CLIENT_TIMEOUT) as session:
         with pytest.raises(OllamaExitedError) as caught:
             await wait_until_ready(session, process, s.ollama_url, start_timeout=EXIT_TIMEOUT)
     await process.stop(STOP_GRACE)
@@ -169,7 +170,7 @@ async def test_readiness_times_out_clearly(tmp_path: Path) -> None:
     s = settings()
     process = ollama_child(s, exe)
     await process.start()
-    async with aiohttp.ClientSession() as session:
+    async with aiohttp.ClientSession(timeout=CLIENT_TIMEOUT) as session:
         with pytest.raises(OllamaStartTimeoutError, match=r"OLLAMA_START_TIMEOUT=0\.3s"):
             await wait_until_ready(session, process, s.ollama_url, start_timeout=0.3)
     await process.stop(STOP_GRACE)

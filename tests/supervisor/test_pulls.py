@@ -17,6 +17,7 @@ from proxy.catalog import Catalog
 from proxy.preparer import ModelPreparer, list_present
 from proxy.pulls import PermanentPullError, TransientPullError, pull_model
 from proxy.state import InstanceState, ModelStatus, Phase
+from tests.clients import CLIENT_TIMEOUT
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 MANIFEST = {"status": "pulling manifest"}
@@ -109,7 +110,7 @@ async def fake() -> AsyncIterator[tuple[FakeOllama, str, aiohttp.ClientSession]]
     app.router.add_post("/api/pull", ollama.pull)
     app.router.add_post("/api/generate", ollama.load)
     app.router.add_post("/api/embed", ollama.load)
-    async with TestServer(app) as server, aiohttp.ClientSession() as session:
+    async with TestServer(app) as server, aiohttp.ClientSession(timeout=CLIENT_TIMEOUT) as session:
         yield ollama, str(server.make_url("")).rstrip("/"), session
 
 

@@ -22,6 +22,7 @@ from proxy.state import InstanceState, ModelStatus, OllamaStatus, Phase
 from proxy.supervisor import OllamaFatalError, Supervisor
 from proxy.testing.harness import free_port
 from proxy.testing.simulator import read_pull_log
+from tests.clients import CLIENT_TIMEOUT
 
 from .helpers import EXIT_TIMEOUT, READY_TIMEOUT, SIM_BIN, alive
 
@@ -118,7 +119,7 @@ async def test_slow_start_is_noticed_promptly(
                 await asyncio.sleep(0.002)
 
     started = time.monotonic()
-    async with aiohttp.ClientSession() as session:
+    async with aiohttp.ClientSession(timeout=CLIENT_TIMEOUT) as session:
         await supervisor.start()
         watcher = asyncio.create_task(watch(session))
         noticer = asyncio.create_task(note_up())
