@@ -140,7 +140,8 @@ def test_determinism_helpers(monkeypatch: pytest.MonkeyPatch) -> None:
     assert len(vector) == 384
     assert vector == expected_embedding("all-minilm", "text")
     assert sum(v * v for v in vector) == pytest.approx(1.0, abs=1e-5)
+    assert embedding_dimension("smollm2:135m") == 576  # a chat model embeds at its hidden size
     with pytest.raises(LookupError):
-        embedding_dimension("smollm2")
+        embedding_dimension("no-such-model")
     monkeypatch.setenv("SIM_EXTRA_MODELS", "mine:v1=embedding:8")
     assert embedding_dimension("mine:v1") == 8

@@ -100,7 +100,7 @@ async def test_non_stream_content_types(http: aiohttp.ClientSession) -> None:
             400,
             "invalid character 'n' looking for beginning of object key string",
         ),
-        ("/api/chat", b"[nope", 400, "invalid character 'n' looking for beginning of value"),
+        ("/api/chat", b"[oops", 400, "invalid character 'o' looking for beginning of value"),
         ("/api/chat", b'{"model": "x"', 400, "unexpected EOF"),
         ("/api/chat", b'{"model": ""}', 400, "model is required"),
         ("/api/generate", b'{"model": ""}', 404, "model '' not found"),

@@ -31,7 +31,9 @@ they are a contract other tests rely on. Every one is optional:
     The first N inference requests run normally; the (N+1)-th kills the process with
     ``os._exit(1)``: a streamed response dies right after its first chunk reached the socket, a
     non-streamed one before any response byte. Inference requests are chat/generate/embed on
-    either API that pass validation and are not load/unload-only (empty prompt/messages/input).
+    any API (native, OpenAI, Responses, Anthropic) that pass validation and are not
+    load/unload-only (empty prompt/messages/input). This is the whole server dying: the client
+    sees its connection cut, never an error body.
     With ``SIM_STATE_DIR`` the crash happens once: the ``crashed`` marker disables it after.
 ``SIM_TOKEN_DELAY`` (float seconds, default 0)
     Pause before each generated token (streamed or not).
@@ -42,9 +44,15 @@ they are a contract other tests rely on. Every one is optional:
     Every streamed inference response is dropped (connection closed, no terminating chunk)
     after its K-th chunk: an NDJSON line or an SSE event.
 ``SIM_STREAM_ERROR_AFTER`` (int K, unset by default)
-    Every streamed inference response fails after its K-th chunk the way Ollama reports a
-    runner failure mid-stream: native APIs get an in-band ``{"error": "..."}`` line; the OpenAI
-    API gets what Ollama's middleware makes of that line (an empty chunk, no ``[DONE]``).
+    Every streamed inference response fails after its K-th chunk the way Ollama reports a model
+    runner dying mid-generation (measured on 0.24.0 by killing the runner): native APIs get an
+    in-band ``{"error": "an error was encountered while running the model: unexpected EOF"}``
+    line; chat completions and completions get what Ollama's writer makes of that line (an
+    empty chunk with ``"model": ""``, no ``[DONE]``); the Responses and Anthropic APIs get
+    nothing more; every stream then ends cleanly. APIs that write several events per token fail
+    at the first token boundary after K events. With K = 0 the runner fails before the first
+    token: HTTP 500 with that message in the API's error shape, no stream. Non-streamed
+    requests are not affected.
 ``SIM_LOAD_DELAY`` (float seconds, default 0)
     Time to "load" a model on first use (or after it expired); reported as ``load_duration``.
 ``SIM_EXTRA_MODELS`` (unset by default)
@@ -73,8 +81,9 @@ __all__ = [
     "parse_ollama_host",
 ]
 
-VERSION = "0.32.15"
-"""The Ollama release whose wire behaviour the simulator reproduces."""
+VERSION = "0.24.0"
+"""The Ollama release whose wire behaviour the simulator reproduces, proven against the real
+binary of that release by ``tests/real_ollama/test_conformance.py``."""
 
 FOREVER = math.inf
 """A keep-alive that never expires."""

@@ -5,9 +5,13 @@ Tests predict responses with :func:`expected_tokens`, :func:`expected_text`,
 model created with ``/api/copy`` pass the source model's name, as a copy shares its weights.
 
 Requests follow Ollama's ``GenerateHandler``, ``ChatHandler``, ``EmbedHandler`` and
-``EmbeddingsHandler`` step by step, including which error each malformed request gets. The
-OpenAI routes translate their bodies into native ones and reuse these functions, as Ollama's
-middleware does.
+``EmbeddingsHandler`` step by step, including which error each malformed request gets and in
+which order: the name (empty, invalid, absent), unload, thinking, then the capabilities the request
+needs (``completion``; ``tools`` with tools, ``insert`` with a suffix), which no simulated model
+has beyond ``completion`` or ``embedding``. Embeddings work from any model, a chat model's at its
+embedding width (576 for ``smollm2:135m``), as real Ollama computes them from its hidden states.
+The OpenAI, Responses and Anthropic routes translate their bodies into native ones and reuse these
+functions, as Ollama's middleware does.
 """
 
 from __future__ import annotations
@@ -32,7 +36,7 @@ from .models import (
     text_token_count,
 )
 from .runtime import Simulator, StoredModel
-from .wire import ApiError, get_field
+from .wire import ApiError, get_field, json_kind
 
 __all__ = [
     "Finished",
@@ -55,14 +59,14 @@ def _registry(extra_models: str) -> Registry:
 
 
 def _resolve(model: str) -> tuple[str, int | None]:
-    """Canonical weights name and embedding width (``None`` for chat models) of ``model``."""
+    """Canonical weights name and embedding width (``None`` when unknown) of ``model``."""
     name = ModelName.parse(model)
     if name is None:
         raise ValueError(f"invalid model name: {model!r}")
     spec = _registry(os.environ.get("SIM_EXTRA_MODELS", "")).lookup(name)
     if spec is None:
         return name.display, None
-    return spec.canonical, spec.embedding_length if spec.kind is ModelKind.EMBEDDING else None
+    return spec.canonical, spec.embedding_length
 
 
 def expected_tokens(model: str, prompt: Prompt, num_tokens: int) -> list[str]:
@@ -80,14 +84,15 @@ def expected_text(model: str, prompt: Prompt, num_tokens: int) -> str:
 
 
 def embedding_dimension(model: str) -> int:
-    """Native width of an embedding model's vectors (384 for ``all-minilm``).
+    """Native width of a model's embeddings: 384 for ``all-minilm``, and for a chat model its
+    hidden size (576 for ``smollm2:135m``), as real Ollama embeds with any model.
 
     Raises:
-        LookupError: ``model`` is not a known embedding model.
+        LookupError: ``model`` is not a known model.
     """
     width = _resolve(model)[1]
     if width is None:
-        raise LookupError(f"{model!r} is not a known embedding model")
+        raise LookupError(f"{model!r} is not a known model")
     return width
 
 
@@ -201,19 +206,45 @@ def _keep_alive(body: dict[str, Any]) -> float | None:
         raise ApiError(400, str(exc)) from None
 
 
+_INVALID_NAME = "invalid model name"
+
+
+def _name(label: str, if_empty: tuple[int, str]) -> ModelName:
+    """``parseAndValidateModelRef``: ``if_empty`` for a blank name, 400 for an invalid one.
+
+    Raises:
+        ApiError: the name is blank or invalid.
+    """
+    if not label.strip():
+        raise ApiError(*if_empty)
+    name = ModelName.parse(label)
+    if name is None:
+        raise ApiError(400, _INVALID_NAME)
+    return name
+
+
 def _request(
-    sim: Simulator, body: dict[str, Any], struct: str, bad_name: tuple[int, str]
+    sim: Simulator, body: dict[str, Any], struct: str, if_empty: tuple[int, str]
 ) -> _Request:
     label = get_field(body, "model", str, "", struct)
     stream = get_field(body, "stream", bool, True, struct)
     options = get_field(body, "options", dict, {}, struct)
     keep_alive = _keep_alive(body)
-    if ModelName.parse(label) is None:
-        raise ApiError(bad_name[0], bad_name[1].format(label=label))
-    model = sim.find(label)
+    top_logprobs = get_field(body, "top_logprobs", int, 0, struct)
+    if not 0 <= top_logprobs <= 20:
+        raise ApiError(400, "top_logprobs must be between 0 and 20")
+    model = sim.store.get(_name(label, if_empty))
     if model is None:
         raise ApiError(404, f"model '{label}' not found")
     return _Request(label, model, keep_alive, stream, options)
+
+
+def _missing_capabilities(model: StoredModel, wanted: list[str]) -> str | None:
+    """``CheckCapabilities``: ``<full name> does not support <what>``, or None."""
+    missing = [cap for cap in wanted if cap not in model.spec.capabilities]
+    if not missing:
+        return None
+    return f"{model.name.full} does not support {chr(10).join(missing)}"
 
 
 async def _plan(
@@ -225,8 +256,12 @@ async def _plan(
     *,
     start_ns: int,
     with_context: bool,
+    also_needs: tuple[str, ...] = (),
 ) -> Run | Immediate:
-    """Unload (no prompt, ``keep_alive: 0``), load only (no prompt), or start a :class:`Run`."""
+    """Unload (no prompt, ``keep_alive: 0``), load only (no prompt), or start a :class:`Run`.
+
+    ``also_needs`` are the capabilities the request needs beyond ``completion``.
+    """
     model, keep_alive = request.model, request.keep_alive
     if not prompt and keep_alive == 0:
         sim.scheduler.unload(model)
@@ -236,6 +271,9 @@ async def _plan(
         raise ApiError(400, f'"{request.label}" does not support thinking')
     if model.spec.kind is not ModelKind.CHAT:
         raise ApiError(400, f'"{request.label}" does not support {verb}')
+    missing = _missing_capabilities(model, ["completion", *also_needs])
+    if missing is not None:
+        raise ApiError(400, missing)
     if not prompt:
         await sim.scheduler.acquire(model, keep_alive)
         sim.scheduler.release(model, keep_alive)
@@ -250,40 +288,72 @@ async def _plan(
 async def plan_generate(sim: Simulator, body: dict[str, Any]) -> Run | Immediate:
     """Validate a ``/api/generate`` body and load the model (empty prompt: load or unload only)."""
     start_ns = time.perf_counter_ns()
-    prompt = get_field(body, "prompt", str, "", "GenerateRequest")
-    request = _request(sim, body, "GenerateRequest", (404, "model '{label}' not found"))
-    with_context = not body.get("raw")
+    struct = "GenerateRequest"
+    prompt = get_field(body, "prompt", str, "", struct)
+    suffix = get_field(body, "suffix", str, "", struct)
+    raw = get_field(body, "raw", bool, False, struct)
+    label = get_field(body, "model", str, "", struct)
+    request = _request(sim, body, struct, (404, f"model '{label}' not found"))
+    if prompt == "" and request.keep_alive == 0:
+        return await _plan(
+            sim, body, request, prompt, "generate", start_ns=start_ns, with_context=False
+        )
+    has_extras = get_field(body, "template", str, "", struct) or get_field(
+        body, "system", str, "", struct
+    )
+    if raw and (has_extras or get_field(body, "context", list, [], struct, go_type="[]int")):
+        raise ApiError(400, "raw mode does not support template, system, or context")
     return await _plan(
-        sim, body, request, prompt, "generate", start_ns=start_ns, with_context=with_context
+        sim,
+        body,
+        request,
+        prompt,
+        "generate",
+        start_ns=start_ns,
+        with_context=not raw,
+        also_needs=("insert",) if suffix else (),
     )
 
 
 async def plan_chat(sim: Simulator, body: dict[str, Any]) -> Run | Immediate:
     """Validate a ``/api/chat`` body and load the model (no messages: load or unload only)."""
     start_ns = time.perf_counter_ns()
-    messages = get_field(body, "messages", list, [], "ChatRequest")
+    struct = "ChatRequest"
+    messages = get_field(body, "messages", list, [], struct, go_type="[]api.Message")
     for message in messages:
         if not isinstance(message, dict):
             raise ApiError(
                 400,
-                "json: cannot unmarshal into Go struct field ChatRequest.messages "
-                "of type api.Message",
+                f"json: cannot unmarshal {json_kind(message)} into Go struct field "
+                "ChatRequest.messages of type api.Message",
             )
         for key in ("role", "content"):
             get_field(message, key, str, "", "ChatRequest.messages")
-    request = _request(sim, body, "ChatRequest", (400, "model is required"))
-    return await _plan(sim, body, request, messages, "chat", start_ns=start_ns, with_context=False)
+    tools = get_field(body, "tools", list, [], struct, go_type="api.Tools")
+    request = _request(sim, body, struct, (400, "model is required"))
+    return await _plan(
+        sim,
+        body,
+        request,
+        messages,
+        "chat",
+        start_ns=start_ns,
+        with_context=False,
+        also_needs=("tools",) if tools else (),
+    )
 
 
 async def _embedding_model(
-    sim: Simulator, label: str, keep_alive: float | None, missing: str, counted: bool
+    sim: Simulator, name: ModelName, label: str, keep_alive: float | None, counted: bool
 ) -> tuple[StoredModel, int]:
-    """Find, count (``counted``: there is input) and load an embedding model; the load time."""
-    model = sim.find(label)
+    """Find, count (``counted``: there is input) and load a model for embeddings; the load time.
+
+    Raises:
+        ApiError: 404 ``handleScheduleError``'s ``try pulling it first`` when it is absent.
+    """
+    model = sim.store.get(name)
     if model is None:
-        raise ApiError(404, missing)
-    if model.spec.kind is not ModelKind.EMBEDDING:
-        raise ApiError(400, "this model does not support embeddings")
+        raise ApiError(404, f'model "{label}" not found, try pulling it first')
     if counted and sim.counters.begin_inference():
         sim.crash()
     load_ns = await sim.scheduler.acquire(model, keep_alive)
@@ -294,9 +364,11 @@ async def _embedding_model(
 async def embed(sim: Simulator, body: dict[str, Any]) -> dict[str, Any]:
     """Handle a ``/api/embed`` body; returns the response object."""
     start_ns = time.perf_counter_ns()
-    label = get_field(body, "model", str, "", "EmbedRequest")
-    dimensions = get_field(body, "dimensions", int, 0, "EmbedRequest")
+    struct = "EmbedRequest"
+    label = get_field(body, "model", str, "", struct)
+    dimensions = get_field(body, "dimensions", int, 0, struct)
     keep_alive = _keep_alive(body)
+    name = _name(label, (404, f"model '{label}' not found"))
     raw = body.get("input")
     if isinstance(raw, str):
         inputs = [raw] if raw else []
@@ -306,10 +378,7 @@ async def embed(sim: Simulator, body: dict[str, Any]) -> dict[str, Any]:
         inputs = []
     else:
         raise ApiError(400, "invalid input type")
-    missing = f"model '{label}' not found"
-    if ModelName.parse(label) is None:
-        raise ApiError(404, missing)
-    model, load_ns = await _embedding_model(sim, label, keep_alive, missing, bool(inputs))
+    model, load_ns = await _embedding_model(sim, name, label, keep_alive, bool(inputs))
     if not inputs:
         return {"model": label, "embeddings": []}
     spec = model.spec
@@ -327,13 +396,12 @@ async def embed(sim: Simulator, body: dict[str, Any]) -> dict[str, Any]:
 
 async def embeddings_legacy(sim: Simulator, body: dict[str, Any]) -> dict[str, Any]:
     """Handle a legacy ``/api/embeddings`` body; returns ``{"embedding": [...]}``."""
-    label = get_field(body, "model", str, "", "EmbeddingRequest")
-    prompt = get_field(body, "prompt", str, "", "EmbeddingRequest")
+    struct = "EmbeddingRequest"
+    label = get_field(body, "model", str, "", struct)
+    prompt = get_field(body, "prompt", str, "", struct)
     keep_alive = _keep_alive(body)
-    if ModelName.parse(label) is None:
-        raise ApiError(400, "model is required")
-    missing = f'model "{label}" not found, try pulling it first'
-    model, _ = await _embedding_model(sim, label, keep_alive, missing, bool(prompt))
+    name = _name(label, (400, "model is required"))
+    model, _ = await _embedding_model(sim, name, label, keep_alive, bool(prompt))
     if not prompt:
         return {"embedding": []}
     return {

@@ -23,6 +23,7 @@ from typing import Any
 
 from aiohttp import web
 
+from .compat import RUNNER_FAILED
 from .config import PullFailureMode
 from .inference import Finished, Immediate, Run, embed, embeddings_legacy, plan_chat, plan_generate
 from .models import Layer, ModelKind, ModelName
@@ -33,7 +34,6 @@ from .wire import (
     StreamAborted,
     drop_connection,
     dumps,
-    error_response,
     format_local,
     get_field,
     json_response,
@@ -46,7 +46,7 @@ from .wire import (
 __all__ = ["routes"]
 
 _CONTEXT_LENGTH = 4096
-_STREAM_ERROR = "an error was encountered while running the model: unexpected EOF"
+"""Ollama's default ``num_ctx``; a model with a shorter context runs with its own."""
 _NOT_FOUND = "pull model manifest: file does not exist"
 _RETRIES = "max retries exceeded: simulated download failure (SIM_PULL_FAILURE_MODE=inband)"
 _HTTP500 = "pull model manifest: simulated registry failure (SIM_PULL_FAILURE_MODE=http500)"
@@ -72,7 +72,7 @@ def _listed(model: StoredModel, **fields: Any) -> dict[str, Any]:
     return {"name": name, "model": name, **fields, **common}
 
 
-@routes.get("/api/tags")
+@routes.get("/api/tags")  # Gin also registers HEAD here
 async def tags(request: web.Request) -> web.Response:
     """Present models, most recently modified first."""
     models = request.app[SIMULATOR].store.all()
@@ -89,7 +89,7 @@ async def ps(request: web.Request) -> web.Response:
             **_listed(entry.model),
             "expires_at": format_local(entry.expires_at),
             "size_vram": 0,
-            "context_length": _CONTEXT_LENGTH,
+            "context_length": min(_CONTEXT_LENGTH, entry.model.spec.context_length),
         }
         for entry in request.app[SIMULATOR].scheduler.running()
     ]
@@ -130,13 +130,16 @@ async def _inference(
                 else:
                     return _raw_json(_line(plan.label, chat, "".join(parts), _final(event)))
             raise AssertionError("a run always ends with Finished")
+        if plan.sim.faults.stream_error_after == 0:
+            # The runner failed before the first token: streamResponse answers with a status.
+            return _waited({"error": RUNNER_FAILED}, 500)
         response = await open_stream(request, "application/x-ndjson")
         crash = plan.sim.crash if plan.crash else None
         stream = ChunkStream(request, response, plan.sim.faults, crash)
         try:
             async for event in plan.events():
                 if stream.failing:
-                    await stream.send(dumps({"error": _STREAM_ERROR}).encode() + b"\n")
+                    await stream.send(dumps({"error": RUNNER_FAILED}).encode() + b"\n")
                     break
                 if isinstance(event, str):
                     line = _line(plan.label, chat, event, {"done": False})
@@ -196,6 +199,21 @@ def _modelfile(model: StoredModel, blobs: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _tensors(model: StoredModel) -> list[dict[str, Any]]:
+    """A few of the weights' tensors (real Ollama lists them all: hundreds)."""
+    spec = model.spec
+    width, quant = spec.embedding_length, spec.quantization
+    vocab = 30522 if spec.kind is ModelKind.EMBEDDING else 49152
+    rows = [
+        ("token_embd.weight", quant, [width, vocab]),
+        ("blk.0.attn_norm.weight", "F32", [width]),
+        ("blk.0.attn_q.weight", quant, [width, width]),
+        ("blk.0.ffn_down.weight", quant, [4 * width, width]),
+        ("output_norm.weight", "F32", [width]),
+    ]
+    return [{"name": name, "type": kind, "shape": shape} for name, kind, shape in rows]
+
+
 @routes.post("/api/show")
 async def show(request: web.Request) -> web.Response:
     """Model details; 404 ``model 'x:latest' not found`` when absent."""
@@ -208,7 +226,7 @@ async def show(request: web.Request) -> web.Response:
         raise ApiError(400, "invalid model name")
     model = sim.store.get(name)
     if model is None:
-        raise ApiError(404, f"model '{name.display}' not found")
+        raise ApiError(404, f"model '{raw}' not found")
     spec, arch = model.spec, model.spec.family
     info: dict[str, Any] = {
         "general.architecture": arch,
@@ -228,6 +246,7 @@ async def show(request: web.Request) -> web.Response:
         "template": spec.template,
         "details": spec.details(),
         "model_info": info,
+        "tensors": _tensors(model),
         "capabilities": spec.capabilities,
         "modified_at": format_local(model.modified_at),
     }
@@ -367,6 +386,12 @@ async def pull(request: web.Request) -> web.StreamResponse:
     return response
 
 
+def _waited(value: dict[str, Any], status: int = 200) -> web.Response:
+    """``waitForStream`` sets ``application/json`` (no charset) before ``c.JSON``."""
+    body = dumps(value).encode()
+    return web.Response(body=body, status=status, headers={"Content-Type": "application/json"})
+
+
 async def _wait(request: web.Request, job: _Pull) -> web.Response:
     """``stream: false``: the last progress line, or HTTP 500 with the error (``waitForStream``)."""
     last: dict[str, Any] = {}
@@ -377,6 +402,6 @@ async def _wait(request: web.Request, job: _Pull) -> web.Response:
         job.record(exc.reason)
         if exc.reason == PullFailureMode.CUT:
             drop_connection(request)
-        return error_response(500, exc.message)
+        return _waited({"error": exc.message}, 500)
     job.record(None)
-    return json_response(last)
+    return _waited(last)

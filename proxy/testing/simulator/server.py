@@ -1,10 +1,10 @@
-"""The simulator as a server: the aiohttp app, ``ollama-sim serve``, and a subprocess handle.
+"""The simulator as a server: the aiohttp app and ``ollama-sim serve``.
 
 :func:`create_app` builds the application with Gin's behaviour around every route (plain-text
-404/405, an access line) and answers ``/`` and ``/api/version`` itself. :func:`serve` starts
-like ``ollama serve`` (its log lines, the start faults, binding ``OLLAMA_HOST``) and runs until
-SIGTERM/SIGINT. :class:`SimulatorProcess` runs
-``ollama-sim serve`` as a real subprocess for tests of anything that talks to Ollama.
+404/405 with Gin's ``Allow`` order, no ``Server`` header, an access line, each API's error body)
+and answers ``/`` and ``/api/version`` itself. :func:`serve` starts like ``ollama serve`` (its log
+lines, the start faults, binding ``OLLAMA_HOST``) and runs until SIGTERM/SIGINT.
+:class:`proxy.testing.services.SimulatorProcess` runs ``ollama-sim serve`` as a real subprocess.
 """
 
 from __future__ import annotations
@@ -19,10 +19,9 @@ from collections.abc import Mapping
 from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
 
+from . import anthropic_api, openai_api, responses_api
 from .config import VERSION
 from .ollama_api import routes as ollama_routes
-from .openai_api import error_response as openai_error
-from .openai_api import routes as openai_routes
 from .runtime import SIMULATOR, Simulator
 from .wire import ApiError, access, error_response, json_response, log
 
@@ -30,6 +29,29 @@ __all__ = ["create_app", "serve"]
 
 _MAX_BODY = 256 * 1024 * 1024
 _SHUTDOWN_TIMEOUT = 0.1
+_METHOD_ORDER = ("HEAD", "GET", "POST", "DELETE")
+"""Gin lists allowed methods in the order its method trees were first registered."""
+
+
+def _plain(status: int, text: str, headers: dict[str, str] | None = None) -> web.Response:
+    """Gin's default 404/405 body: ``text/plain`` without a charset."""
+    return web.Response(
+        status=status, body=text.encode(), headers={"Content-Type": "text/plain", **(headers or {})}
+    )
+
+
+def _api_error(path: str, exc: ApiError) -> web.Response:
+    """``exc`` as the error body of the API that ``path`` belongs to."""
+    if path.startswith("/v1/messages"):
+        return anthropic_api.error_response(exc)
+    if path.startswith("/v1/"):
+        return openai_api.error_response(exc)
+    return error_response(exc.status, exc.message)
+
+
+async def _no_server_header(request: web.Request, response: web.StreamResponse) -> None:
+    """Go's ``net/http`` sends no ``Server`` header."""
+    response.headers.popall("Server", None)
 
 
 def _gin() -> Middleware:
@@ -43,19 +65,12 @@ def _gin() -> Middleware:
         try:
             response = await handler(request)
         except ApiError as exc:
-            openai = request.path.startswith("/v1/")
-            response = (openai_error if openai else error_response)(exc.status, exc.message)
+            response = _api_error(request.path, exc)
         except web.HTTPNotFound:
-            response = web.Response(
-                status=404, text="404 page not found", content_type="text/plain"
-            )
+            response = _plain(404, "404 page not found")
         except web.HTTPMethodNotAllowed as exc:
-            response = web.Response(
-                status=405,
-                text="405 method not allowed",
-                content_type="text/plain",
-                headers={"Allow": ", ".join(sorted(exc.allowed_methods))},
-            )
+            allowed = [m for m in _METHOD_ORDER if m in exc.allowed_methods]
+            response = _plain(405, "405 method not allowed", {"Allow": ", ".join(allowed)})
         peer = request.remote or ""
         access(response.status, time.perf_counter() - start, peer, request.method, request.path)
         return response
@@ -66,7 +81,7 @@ def _gin() -> Middleware:
 _routes = web.RouteTableDef()
 
 
-@_routes.get("/")
+@_routes.get("/")  # Gin registers HEAD for these three only
 async def root(request: web.Request) -> web.Response:
     """Liveness: ``Ollama is running``."""
     return web.Response(text="Ollama is running", content_type="text/plain", charset="utf-8")
@@ -95,9 +110,12 @@ def create_app(
         simulator.allow_exit = False
     app = web.Application(middlewares=[_gin()], client_max_size=_MAX_BODY)
     app[SIMULATOR] = simulator
+    app.on_response_prepare.append(_no_server_header)
     app.add_routes(_routes)
     app.add_routes(ollama_routes)
-    app.add_routes(openai_routes)
+    app.add_routes(openai_api.routes)
+    app.add_routes(responses_api.routes)
+    app.add_routes(anthropic_api.routes)
     return app
 
 

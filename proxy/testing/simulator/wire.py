@@ -1,11 +1,12 @@
 """Bytes out as Ollama's Go server writes them (and JSON in as it reads it): JSON, time stamps,
 log lines and streams.
 
-Request bodies are decoded with ``encoding/json``'s error wording, responses encoded with its HTML
-escaping; time stamps are formatted as Go marshals ``time.Time``. Log lines go to stderr as Go
-``slog`` text (each with ``simulated=true``) and Gin access lines. Streamed responses are written
-one chunk (an NDJSON line or an SSE event) at a time by :class:`ChunkStream`, which applies the
-stream faults ``SIM_STREAM_CUT_AFTER``, ``SIM_STREAM_ERROR_AFTER`` and ``SIM_CRASH_AFTER``.
+Request bodies are decoded as Gin's ``ShouldBindJSON`` does (a ``json.Decoder`` reading the first
+value, with ``encoding/json``'s error wording), responses encoded with its HTML escaping; time
+stamps are formatted as Go marshals ``time.Time``. Log lines go to stderr as Go ``slog`` text
+(each with ``simulated=true``) and Gin access lines. Streamed responses are written one chunk (an
+NDJSON line or an SSE event) at a time by :class:`ChunkStream`, which applies the stream faults
+``SIM_STREAM_CUT_AFTER``, ``SIM_STREAM_ERROR_AFTER`` and ``SIM_CRASH_AFTER``.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import json
 import re
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from datetime import datetime
 from typing import Any, TypeVar
 
@@ -29,30 +30,47 @@ __all__ = [
     "access",
     "drop_connection",
     "dumps",
+    "encoded_response",
     "error_response",
     "format_local",
     "get_field",
+    "json_kind",
     "json_response",
     "log",
     "open_stream",
     "read_body",
     "rfc3339_utc",
+    "sse_event",
 ]
 
 _T = TypeVar("_T")
-_GO_TYPES: dict[type, str] = {str: "string", bool: "bool", int: "int", float: "float64"}
+_GO_TYPES: dict[type, str] = {
+    str: "string",
+    bool: "bool",
+    int: "int",
+    float: "float64",
+    list: "[]interface {}",
+    dict: "map[string]interface {}",
+}
 _LONE_SURROGATE = re.compile("[\ud800-\udfff]")
 # Go saturates "forever" at MaxInt64 nanoseconds (about 292 years).
 _MAX_SECONDS = (2**63 - 1) / 1e9
 
 
 class ApiError(Exception):
-    """A request failure with the HTTP status and message Ollama would send."""
+    """A request failure with the HTTP status and message Ollama would send.
 
-    def __init__(self, status: int, message: str) -> None:
+    ``early`` marks a failure found by an API translation middleware (OpenAI, Responses,
+    Anthropic) before the native handler ran: Gin's ``AbortWithStatusJSON`` writes it
+    (``application/json; charset=utf-8``, no trailing newline), where the handler's own failures
+    pass through the API's response writer (``application/json`` and a newline).
+    """
+
+    def __init__(self, status: int, message: str, *, early: bool = False) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
+        self.early = early
 
 
 def dumps(value: Any) -> str:
@@ -73,33 +91,234 @@ def error_response(status: int, message: str) -> web.Response:
     return json_response({"error": message}, status)
 
 
+def encoded_response(value: Any, status: int = 200) -> web.Response:
+    """``json.NewEncoder(w).Encode`` in a compatibility writer: ``application/json``, a newline."""
+    body = (dumps(value) + "\n").encode()
+    return web.Response(body=body, status=status, headers={"Content-Type": "application/json"})
+
+
+def sse_event(value: Any, event: str | None = None) -> bytes:
+    """One server-sent event: ``data: {json}`` after an ``event:`` line when named."""
+    data = b"data: " + dumps(value).encode() + b"\n\n"
+    return f"event: {event}\n".encode() + data if event else data
+
+
 async def read_body(
-    request: web.Request, struct: str, missing: str = "missing request body"
+    request: web.Request,
+    struct: str,
+    missing: str = "missing request body",
+    *,
+    early: bool = False,
 ) -> dict[str, Any]:
-    """Decode a JSON object body; errors carry Go's ``encoding/json`` wording.
+    """Decode a JSON object body as Gin does: the first JSON value, Go's error wording.
+
+    Args:
+        request: the request.
+        struct: the Go type decoded into, for ``cannot unmarshal`` messages (``api.ChatRequest``).
+        missing: the message for an empty body (Go's ``EOF`` where the handler does not map it).
+        early: raise the failures as an API middleware's (see :class:`ApiError`).
 
     Raises:
         ApiError: 400 for an empty, malformed or non-object body.
     """
     raw = await request.read()
-    if not raw.strip():
-        raise ApiError(400, missing)
+    text = raw.decode("utf-8", errors="replace")  # Go takes invalid UTF-8 as U+FFFD
     try:
-        # Go's encoding/json turns a lone UTF-16 surrogate escape into U+FFFD.
-        data = json.loads(raw, object_pairs_hook=_replace_surrogates)
-    except UnicodeDecodeError:
-        raise ApiError(400, "invalid character looking for beginning of value") from None
-    except json.JSONDecodeError as exc:
-        if exc.pos >= len(exc.doc.rstrip()):
-            raise ApiError(400, "unexpected EOF") from None
-        raise ApiError(
-            400, f"invalid character '{exc.doc[exc.pos]}' looking for beginning of value"
-        ) from None
+        span = _scan_first_value(text)
+    except _GoSyntaxError as exc:
+        message = missing if exc.empty else str(exc)
+        raise ApiError(400, message, early=early) from None
+    # Go's encoding/json turns a lone UTF-16 surrogate escape into U+FFFD.
+    data = json.loads(text[span[0] : span[1]], object_pairs_hook=_replace_surrogates)
+    if data is None:
+        return {}  # null decodes into a struct as nothing at all
     if not isinstance(data, dict):
         raise ApiError(
-            400, f"json: cannot unmarshal {_json_kind(data)} into Go value of type {struct}"
+            400,
+            f"json: cannot unmarshal {json_kind(data)} into Go value of type {struct}",
+            early=early,
         )
     return data
+
+
+class _GoSyntaxError(Exception):
+    """A body ``json.Decoder`` rejects; ``empty`` for a body with no value at all (``EOF``)."""
+
+    def __init__(self, message: str, *, empty: bool = False) -> None:
+        super().__init__(message)
+        self.empty = empty
+
+
+_WHITESPACE = " \t\r\n"
+_DIGITS = "0123456789"
+_ESCAPES = {
+    "\a": "\\a",
+    "\b": "\\b",
+    "\f": "\\f",
+    "\n": "\\n",
+    "\r": "\\r",
+    "\t": "\\t",
+    "\v": "\\v",
+}
+
+
+def _quote_char(char: str) -> str:
+    """``encoding/json``'s ``quoteChar``: a character as its syntax errors show it."""
+    if char == "'":
+        return "'\\''"
+    if char == '"':
+        return "'\"'"
+    if char in _ESCAPES:
+        return f"'{_ESCAPES[char]}'"
+    if char.isprintable():
+        return f"'{char}'"
+    code = ord(char)
+    return f"'\\x{code:02x}'" if code < 0x80 else f"'\\u{code:04x}'"
+
+
+class _Scanner:
+    """``encoding/json``'s scanner over one value, raising its errors (``unexpected EOF`` when
+    the body ends inside the value, as ``json.Decoder`` reports it)."""
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+        self.pos = 0
+
+    def peek(self) -> str:
+        if self.pos >= len(self.text):
+            raise _GoSyntaxError("unexpected EOF")
+        return self.text[self.pos]
+
+    def fail(self, context: str) -> _GoSyntaxError:
+        return _GoSyntaxError(f"invalid character {_quote_char(self.text[self.pos])} {context}")
+
+    def skip_space(self) -> str:
+        while self.pos < len(self.text) and self.text[self.pos] in _WHITESPACE:
+            self.pos += 1
+        return self.peek()
+
+    def value(self) -> None:
+        char = self.skip_space()
+        if char == "{":
+            self.object()
+        elif char == "[":
+            self.array()
+        elif char == '"':
+            self.string()
+        elif char in "-" + _DIGITS:
+            self.number()
+        elif char in "tfn":
+            self.literal({"t": "true", "f": "false", "n": "null"}[char])
+        else:
+            raise self.fail("looking for beginning of value")
+
+    def object(self) -> None:
+        self.pos += 1
+        if self.skip_space() == "}":
+            self.pos += 1
+            return
+        while True:
+            if self.skip_space() != '"':
+                raise self.fail("looking for beginning of object key string")
+            self.string()
+            if self.skip_space() != ":":
+                raise self.fail("after object key")
+            self.pos += 1
+            self.value()
+            char = self.skip_space()
+            self.pos += 1
+            if char == "}":
+                return
+            if char != ",":
+                self.pos -= 1
+                raise self.fail("after object key:value pair")
+
+    def array(self) -> None:
+        self.pos += 1
+        if self.skip_space() == "]":
+            self.pos += 1
+            return
+        while True:
+            self.value()
+            char = self.skip_space()
+            self.pos += 1
+            if char == "]":
+                return
+            if char != ",":
+                self.pos -= 1
+                raise self.fail("after array element")
+
+    def string(self) -> None:
+        self.pos += 1
+        while True:
+            char = self.peek()
+            if char == '"':
+                self.pos += 1
+                return
+            if char == "\\":
+                self.pos += 1
+                escape = self.peek()
+                if escape == "u":
+                    for _ in range(4):
+                        self.pos += 1
+                        if self.peek() not in "0123456789abcdefABCDEF":
+                            raise self.fail("in \\u hexadecimal character escape")
+                elif escape not in '"\\/bfnrt':
+                    raise self.fail("in string escape code")
+            elif ord(char) < 0x20:
+                raise self.fail("in string literal")
+            self.pos += 1
+
+    def number(self) -> None:
+        if self.text[self.pos] == "-":
+            self.pos += 1
+            if self.peek() not in _DIGITS:
+                raise self.fail("in numeric literal")
+        first = self.text[self.pos]
+        self.pos += 1
+        if first != "0":
+            self._digits()
+        if self._next_is("."):
+            self.pos += 1
+            if self.peek() not in _DIGITS:
+                raise self.fail("after decimal point in numeric literal")
+            self._digits()
+        if self._next_is("e") or self._next_is("E"):
+            self.pos += 1
+            if self.peek() in "+-":
+                self.pos += 1
+            if self.peek() not in _DIGITS:
+                raise self.fail("in exponent of numeric literal")
+            self._digits()
+
+    def _digits(self) -> None:
+        while self.pos < len(self.text) and self.text[self.pos] in _DIGITS:
+            self.pos += 1
+
+    def _next_is(self, char: str) -> bool:
+        return self.pos < len(self.text) and self.text[self.pos] == char
+
+    def literal(self, word: str) -> None:
+        for expected in word:
+            if self.peek() != expected:
+                raise self.fail(f"in literal {word} (expecting {_quote_char(expected)})")
+            self.pos += 1
+
+
+def _scan_first_value(text: str) -> tuple[int, int]:
+    """Where the body's first JSON value starts and ends; what ``json.Decoder.Decode`` reads.
+
+    Raises:
+        _GoSyntaxError: with Go's message; ``empty`` when there is no value at all.
+    """
+    scanner = _Scanner(text)
+    try:
+        scanner.skip_space()
+    except _GoSyntaxError:
+        raise _GoSyntaxError("EOF", empty=True) from None
+    start = scanner.pos
+    scanner.value()
+    return start, scanner.pos  # what follows is the next Decode's business
 
 
 def _replace_surrogates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
@@ -114,8 +333,20 @@ def _valid_value(value: Any) -> Any:
     return value  # objects were already rebuilt by the hook
 
 
-def get_field(body: dict[str, Any], key: str, kind: type[_T], default: _T, struct: str) -> _T:
+def get_field(
+    body: dict[str, Any],
+    key: str,
+    kind: type[_T],
+    default: _T,
+    struct: str,
+    *,
+    go_type: str | None = None,
+    early: bool = False,
+) -> _T:
     """``body[key]`` checked against a Go field type; JSON ``null`` gives ``default``.
+
+    ``go_type`` names the Go type in the error when it is not the plain one for ``kind``
+    (``[]api.Message`` rather than ``[]interface {}``); ``early`` as for :class:`ApiError`.
 
     Raises:
         ApiError: 400 with Go's ``cannot unmarshal`` message when the type is wrong.
@@ -129,15 +360,16 @@ def get_field(body: dict[str, Any], key: str, kind: type[_T], default: _T, struc
         return value
     if kind is int and isinstance(value, float) and value.is_integer():
         return int(value)  # type: ignore[return-value]
-    go_type = _GO_TYPES.get(kind, "[]interface {}" if kind is list else "map[string]interface {}")
     raise ApiError(
         400,
-        f"json: cannot unmarshal {_json_kind(value)} into Go struct field {struct}.{key} "
-        f"of type {go_type}",
+        f"json: cannot unmarshal {json_kind(value)} into Go struct field {struct}.{key} "
+        f"of type {go_type or _GO_TYPES[kind]}",
+        early=early,
     )
 
 
-def _json_kind(value: Any) -> str:
+def json_kind(value: Any) -> str:
+    """The JSON kind of a decoded value as Go's errors name it (``number``, ``object``)."""
     if isinstance(value, bool):
         return "bool"
     if isinstance(value, int | float):
@@ -208,9 +440,11 @@ def drop_connection(request: web.Request) -> None:
         transport.close()
 
 
-async def open_stream(request: web.Request, content_type: str) -> web.StreamResponse:
+async def open_stream(
+    request: web.Request, content_type: str, headers: Mapping[str, str] | None = None
+) -> web.StreamResponse:
     """Send the 200 headers of a chunked stream."""
-    response = web.StreamResponse(headers={"Content-Type": content_type})
+    response = web.StreamResponse(headers={"Content-Type": content_type, **(headers or {})})
     await response.prepare(request)
     return response
 
