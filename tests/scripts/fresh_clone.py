@@ -19,7 +19,9 @@ from collections.abc import Mapping
 from pathlib import Path
 
 __all__ = [
+    "BOOTSTRAP",
     "CACHE",
+    "INSTALLING",
     "PLAIN_PATH",
     "REPO",
     "SYSTEM_PYTHON",
@@ -40,6 +42,9 @@ CACHE = (
     / "ubiops-ollama-proxy"
     / "bootstrap-tests"
 )
+BOOTSTRAP = ["scripts/bootstrap.sh"]
+INSTALLING = "bootstrap: installing uv into .bootstrap/venv"
+"""The start of bootstrap's one line when it installs uv for itself."""
 RUN_TIMEOUT = 300.0
 """One script run in a clone (seconds): a cold cache downloads every locked package."""
 

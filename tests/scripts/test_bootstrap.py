@@ -10,6 +10,8 @@ from pathlib import Path
 import pytest
 
 from tests.scripts.fresh_clone import (
+    BOOTSTRAP,
+    INSTALLING,
     PLAIN_PATH,
     REPO,
     SYSTEM_PYTHON,
@@ -20,9 +22,7 @@ from tests.scripts.fresh_clone import (
     run,
 )
 
-BOOTSTRAP = ["scripts/bootstrap.sh"]
 TOOLS = Path(".bootstrap/venv")
-INSTALLING = "bootstrap: installing uv into .bootstrap/venv"
 SLOW_TIMEOUT = 900  # pytest's limit for one case: a cold download cache fetches every package
 
 # Debian's python3 without python3-venv (no ensurepip), or without python3-pip and uv as well.
@@ -72,24 +72,6 @@ def check_venv(repo: Path, python: Path | None = None) -> None:
     if python is not None:
         config = (repo / ".venv" / "pyvenv.cfg").read_text()
         assert f"home = {python.parent}" in config.splitlines(), config
-
-
-@pytest.fixture(scope="module")
-def system_clone(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    """A clone bootstrapped with Debian's python3 alone; ``(clone, its HOME)``."""
-    if not SYSTEM_PYTHON.exists():
-        pytest.skip(f"no {SYSTEM_PYTHON} (Debian's own Python) here")
-    if shutil.which("uv", path=PLAIN_PATH):
-        pytest.skip("a uv on the plain PATH here: Debian's python3 alone cannot be tried")
-    base = tmp_path_factory.mktemp("system")
-    repo = clone(base / "repo")
-    env = fresh_env(base / "home")
-    first = run(repo, BOOTSTRAP, env)
-    assert first.returncode == 0, first.stderr
-    assert first.stderr.splitlines() == [f"{INSTALLING} (no uv on PATH, nor as `python3 -m uv`)"], (
-        first.stderr
-    )
-    return repo, base / "home"
 
 
 @needs_system_python

@@ -17,6 +17,7 @@ separated by `` / ``):
 from __future__ import annotations
 
 import ast
+import importlib.util
 import re
 from pathlib import Path
 
@@ -176,3 +177,16 @@ def test_ci_runs_exactly_the_readme_test_command() -> None:
     ]
     assert lines[-1] == f"exec {checks[0]}"
     assert all(line.startswith(("set ", "cd ")) for line in lines[:-1]), lines
+
+
+def test_every_script_and_module_the_readme_runs_exists() -> None:
+    text = README.read_text()
+    scripts = set(re.findall(r"\b(scripts/[\w.-]+\.sh)\b", text))
+    assert scripts, "README names no script"
+    for script in sorted(scripts):
+        path = ROOT / script
+        assert path.is_file(), f"README: {script} does not exist"
+        assert path.stat().st_mode & 0o111, f"README: {script} is not executable"
+    modules = set(re.findall(r"\.venv/bin/python -m ([\w.]+)", text))
+    for module in sorted(modules):
+        assert importlib.util.find_spec(module) is not None, f"README: no module {module}"
