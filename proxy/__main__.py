@@ -32,10 +32,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; return the exit status."""
     args = _parser().parse_args(argv)
     try:
-        if args.command == "check":
-            url = args.url or load_settings().local_proxy_url
-            return _check(url, args.timeout)
         settings = load_settings()
+        if args.command == "check":
+            return _check(
+                args.url or settings.local_proxy_url, settings.proxy_api_key, args.timeout
+            )
         from proxy import server  # deferred: `check` stays light
 
         if args.command == "pull":
@@ -69,14 +70,17 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _check(base_url: str, timeout: float) -> int:
+def _check(base_url: str, api_key: str | None, timeout: float) -> int:
     url = base_url.rstrip("/") + "/readyz"
     if not url.startswith(("http://", "https://")):
         print(f"not ready: {url}: only http and https URLs are supported")
         return 1
     opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # no HTTP_PROXY
+    # With the key, /readyz also says why it is not ready.
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
     try:
-        with opener.open(url, timeout=timeout) as response:
+        request = urllib.request.Request(url, headers=headers)  # noqa: S310 - http(s) checked above
+        with opener.open(request, timeout=timeout) as response:
             raw = response.read()
     except urllib.error.HTTPError as exc:
         raw = exc.read()

@@ -17,12 +17,14 @@ class Exchange:
     """What the proxy learns about one request while serving it.
 
     The request middleware creates it; handlers fill in the model; the relay fills in the chunk
-    counts and the time of the first chunk. Plain attributes, no per-chunk work beyond counting.
+    counts, whether the answer's status was sent (``committed``) and the time of a stream's first
+    chunk. Plain attributes, no per-chunk work beyond counting.
     """
 
     __slots__ = (
         "bytes",
         "chunks",
+        "committed",
         "error",
         "first_chunk_at",
         "model",
@@ -40,6 +42,7 @@ class Exchange:
         self.model = ""
         self.requested_model: str | None = None
         self.status = 0
+        self.committed = False
         self.first_chunk_at: float | None = None
         self.chunks = 0
         self.bytes = 0

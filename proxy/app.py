@@ -12,16 +12,23 @@ from __future__ import annotations
 from aiohttp import web
 
 from proxy import routes
-from proxy.appkeys import GUARD, METRICS, SETTINGS, STATE, UPSTREAM
+from proxy.appkeys import GUARD, META_GUARD, METRICS, SETTINGS, STATE, UPSTREAM
 from proxy.config import Settings
 from proxy.endpoints import ENDPOINTS
 from proxy.limits import ConcurrencyGuard
 from proxy.metrics import Metrics
 from proxy.middlewares import auth_middleware, request_middleware
+from proxy.runner import server_header
 from proxy.state import InstanceState
 from proxy.upstream import Upstream, upstream_context
 
-__all__ = ["create_app"]
+__all__ = ["META_CONCURRENCY", "create_app"]
+
+META_CONCURRENCY = 8
+"""Requests for model info, listings, ps and version forwarded to Ollama at once."""
+
+MANAGEMENT_CONNECTIONS = 8
+"""Connections to Ollama left for the admin's model management (pulls may take long)."""
 
 
 def create_app(
@@ -40,8 +47,14 @@ def create_app(
     """
     metrics = metrics if metrics is not None else Metrics(state)
     guard = ConcurrencyGuard(settings.proxy_max_concurrency, settings.proxy_max_queue)
+    meta_guard = ConcurrencyGuard(META_CONCURRENCY, settings.proxy_max_queue)
     metrics.track_load(lambda: guard.active, lambda: guard.queued)
-    upstream = Upstream(settings.ollama_url, request_timeout=settings.proxy_request_timeout)
+    upstream = Upstream(
+        settings.ollama_url,
+        request_timeout=settings.proxy_request_timeout,
+        # Every guarded request, plus a few for the admin's model management.
+        connections=settings.proxy_max_concurrency + META_CONCURRENCY + MANAGEMENT_CONNECTIONS,
+    )
 
     middlewares = [request_middleware(metrics=metrics, max_body=settings.proxy_max_body)]
     if settings.proxy_api_key:
@@ -62,6 +75,8 @@ def create_app(
     app[METRICS] = metrics
     app[UPSTREAM] = upstream
     app[GUARD] = guard
+    app[META_GUARD] = meta_guard
     app.cleanup_ctx.append(upstream_context(upstream))
+    app.on_response_prepare.append(server_header)
     routes.add_routes(app)
     return app

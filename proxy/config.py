@@ -62,7 +62,10 @@ class Settings:
     proxy_request_timeout: float = 600.0
     proxy_client_timeout: float = 30.0
     proxy_max_concurrency: int = 4
-    proxy_max_queue: int = 64
+    proxy_max_queue: int = 512
+    proxy_max_embed_inputs: int = 2048
+    proxy_max_embed_input_chars: int = 32768
+    proxy_max_num_ctx: int = 8192
     ready_timeout: float = 1800.0
 
     @property
@@ -127,7 +130,15 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         proxy_request_timeout=env.number("PROXY_REQUEST_TIMEOUT", 600.0, float, minimum=0.1),
         proxy_client_timeout=env.number("PROXY_CLIENT_TIMEOUT", 30.0, float, minimum=0.1),
         proxy_max_concurrency=env.number("PROXY_MAX_CONCURRENCY", 4 * num_parallel, int, minimum=1),
-        proxy_max_queue=env.number("PROXY_MAX_QUEUE", 64, int, minimum=0),
+        # No stricter than Ollama alone: its own queue holds OLLAMA_MAX_QUEUE (512) requests.
+        proxy_max_queue=env.number(
+            "PROXY_MAX_QUEUE", env.number("OLLAMA_MAX_QUEUE", 512, int, minimum=0), int, minimum=0
+        ),
+        proxy_max_embed_inputs=env.number("PROXY_MAX_EMBED_INPUTS", 2048, int, minimum=1),
+        proxy_max_embed_input_chars=env.number(
+            "PROXY_MAX_EMBED_INPUT_CHARS", 32768, int, minimum=1
+        ),
+        proxy_max_num_ctx=env.number("PROXY_MAX_NUM_CTX", 8192, int, minimum=0),
         ready_timeout=env.number("READY_TIMEOUT", 1800.0, float, minimum=0.1),
     )
     if settings.proxy_api_key and settings.proxy_api_key == settings.proxy_admin_key:

@@ -1,17 +1,22 @@
 """structlog configuration: one JSON (or console) event per line, secrets redacted.
 
 Call :func:`configure_logging` once at start. Events bound with ``structlog.contextvars`` (the
-request id, the model) are merged into every line. The :class:`SecretRedactor` processor
-replaces any registered secret, wherever it appears in an event, with ``[redacted]``, so a key
-that leaks into an exception message or a forwarded header still never reaches the log.
+request id, the model) are merged into every line. Libraries that log through the standard
+library (aiohttp's errors, with their tracebacks) are rendered by the same processors, so a
+malformed request is one JSON event, not a multi-line traceback. The :class:`SecretRedactor`
+processor replaces any registered secret, wherever and however it appears in an event (as is,
+JSON- or repr-escaped, URL-encoded), with ``[redacted]``, so a key that leaks into an exception
+message or a forwarded header never reaches the log.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
 from collections.abc import Iterable, MutableMapping
 from typing import Any
+from urllib.parse import quote, quote_plus
 
 import structlog
 
@@ -26,21 +31,28 @@ class SecretRedactor:
     """A structlog processor that masks known secret values in every string of an event."""
 
     def __init__(self, secrets: Iterable[str | None] = ()) -> None:
-        self._secrets = tuple(s for s in secrets if s)
+        forms: dict[str, None] = {}
+        for secret in filter(None, secrets):
+            for form in (secret, json.dumps(secret)[1:-1], repr(secret)[1:-1]):
+                forms[form] = None
+            for form in (quote(secret, safe=""), quote_plus(secret)):
+                forms[form] = forms[form.lower()] = None  # %5C and %5c alike
+        # Longest first, so a form that contains another is masked whole.
+        self._forms = tuple(sorted(forms, key=len, reverse=True))
 
     def __call__(
         self, _logger: Any, _method: str, event: MutableMapping[str, Any]
     ) -> MutableMapping[str, Any]:
-        if self._secrets:
+        if self._forms:
             for key, value in event.items():
                 event[key] = self._redact(value)
         return event
 
     def redact_text(self, text: str) -> str:
-        """``text`` with every secret replaced by ``[redacted]``."""
-        for secret in self._secrets:
-            if secret in text:
-                text = text.replace(secret, REDACTED)
+        """``text`` with every form of every secret replaced by ``[redacted]``."""
+        for form in self._forms:
+            if form in text:
+                text = text.replace(form, REDACTED)
         return text
 
     def _redact(self, value: Any) -> Any:
@@ -69,31 +81,42 @@ def configure_logging(
         if log_format == "json"
         else structlog.dev.ConsoleRenderer(colors=False)
     )
-    processors: list[structlog.typing.Processor] = [
-        structlog.contextvars.merge_contextvars,
-        structlog.processors.add_log_level,
-        structlog.processors.TimeStamper(fmt="iso", utc=True),
+    stamp: list[structlog.typing.Processor] = [
+        structlog.processors.TimeStamper(fmt="iso", utc=True)
     ]
     if static_fields:
-        processors.append(_StaticFields(static_fields))
-    processors += [
+        stamp.append(_StaticFields(static_fields))
+    finish: list[structlog.typing.Processor] = [
         structlog.processors.format_exc_info,
         SecretRedactor(secrets),
         renderer,
     ]
     structlog.configure(
-        processors=processors,
+        processors=[
+            structlog.contextvars.merge_contextvars,
+            structlog.processors.add_log_level,
+            *stamp,
+            *finish,
+        ],
         wrapper_class=structlog.make_filtering_bound_logger(numeric_level),
         logger_factory=structlog.PrintLoggerFactory(sys.stderr),
         cache_logger_on_first_use=True,
     )
-    # Libraries that log through the stdlib (aiohttp's own errors) go to the same stream, masked
-    # too: aiohttp quotes the raw line of a malformed request, which may hold a bearer key.
-    logging.basicConfig(stream=sys.stderr, level=max(numeric_level, logging.WARNING), force=True)
-    redacting = _RedactingFilter(SecretRedactor(secrets))
-    for handler in logging.getLogger().handlers:
-        # On the handler: a filter on a logger does not see records its children propagate.
-        handler.addFilter(redacting)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(
+        structlog.stdlib.ProcessorFormatter(
+            foreign_pre_chain=[
+                structlog.contextvars.merge_contextvars,
+                structlog.stdlib.add_log_level,
+                structlog.stdlib.add_logger_name,
+                *stamp,
+            ],
+            processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, *finish],
+        )
+    )
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(max(numeric_level, logging.WARNING))
 
 
 def get_logger(name: str) -> structlog.typing.FilteringBoundLogger:
@@ -104,25 +127,6 @@ def get_logger(name: str) -> structlog.typing.FilteringBoundLogger:
     """
     logger: structlog.typing.FilteringBoundLogger = structlog.get_logger(module=name)
     return logger
-
-
-class _RedactingFilter(logging.Filter):
-    """Masks secrets in a stdlib record's message, traceback and stack."""
-
-    def __init__(self, redactor: SecretRedactor) -> None:
-        super().__init__()
-        self._redactor = redactor
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        redact = self._redactor.redact_text
-        record.msg, record.args = redact(record.getMessage()), None
-        if record.exc_info and not record.exc_text:
-            record.exc_text = logging.Formatter().formatException(record.exc_info)
-        if record.exc_text:
-            record.exc_text = redact(record.exc_text)
-        if record.stack_info:
-            record.stack_info = redact(record.stack_info)
-        return True
 
 
 class _StaticFields:

@@ -103,7 +103,7 @@ def request_middleware(*, metrics: Metrics, max_body: int) -> Middleware:
                 _finish(request, exchange, metrics)
                 raise
             except Exception as exc:
-                if exchange.first_chunk_at is not None:  # a stream is under way: nothing to send
+                if exchange.committed:  # the answer is under way: nothing more can be sent
                     exchange.status = 500
                     exchange.error = f"failed mid-stream: {exc!r}"
                     _finish(request, exchange, metrics)

@@ -1,27 +1,31 @@
-"""Relay an Ollama response to the client: whole, or streamed chunk by chunk (SSE and NDJSON).
+"""Relay an Ollama response to the client as it arrives: streams (SSE, NDJSON) and whole bodies.
 
-Streams are relayed as bytes: each chunk read from Ollama is written to the client as it comes
+Every body is relayed as bytes: each piece read from Ollama is written to the client as it comes
 (``StreamResponse.write`` drains, so a slow client slows the reads: backpressure), never parsed
-or re-serialised. Per chunk the relay does one read, one write and three counter updates.
+or re-serialised, so the proxy holds at most one piece per request whatever the answer's size.
+Per piece the relay does one read, one write and a few counter updates.
 
 Failure handling:
 
-* Before the first chunk nothing is committed, so a timeout or a dropped connection becomes a
+* Before the first piece nothing is committed, so a timeout or a dropped connection becomes a
   proper 504/503 response.
-* After it, the status is sent; an upstream failure (connection reset, cut, Ollama dying, no data
-  for ``PROXY_REQUEST_TIMEOUT``) is written in the stream's own framing (an SSE ``data:`` event
-  with an ``error`` object and no ``[DONE]``; an NDJSON ``{"error": ...}`` line) and the
-  response ends cleanly, so clients raise instead of mistaking the truncation for success.
+* After it, the status is sent. For a stream, an upstream failure (connection reset, cut, Ollama
+  dying, no data for ``PROXY_REQUEST_TIMEOUT``) is written in the stream's own framing (an SSE
+  ``data:`` event with an ``error`` object and no ``[DONE]``; an NDJSON ``{"error": ...}`` line)
+  and the response ends cleanly, so clients raise instead of mistaking the truncation for
+  success. A whole body cut short has no framing to say so: the client's connection is dropped.
 * A stream that ends cleanly but incomplete (SSE without ``data: [DONE]``, NDJSON whose last line
   is neither ``"done": true`` nor an in-band ``{"error"}``) is a failure too. Only the tail of the
-  last two chunks is examined, once, at the end.
-* A client that goes away (the handler task is cancelled: the app sets
-  ``handler_cancellation``; or a write fails) closes the upstream response at once, which closes
-  its connection, so Ollama stops generating.
+  last two pieces is examined, once, at the end.
+* A client that goes away (the handler task is cancelled: the app sets ``handler_cancellation``;
+  or a write fails) closes the upstream response at once, which closes its connection, so Ollama
+  stops generating. A client that stops *reading* is cut off the same way once one write has
+  waited ``PROXY_CLIENT_TIMEOUT`` (:class:`_StallWatch`), so it cannot hold a slot forever.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from collections.abc import Awaitable, Callable
@@ -30,6 +34,7 @@ import aiohttp
 from aiohttp import web
 
 from proxy.access_log import Exchange
+from proxy.appkeys import SETTINGS
 from proxy.errors import Framing, stream_error_frame
 from proxy.logs import get_logger
 from proxy.upstream import connection_failure, timeout_error, unreachable
@@ -42,6 +47,8 @@ _SSE = "text/event-stream"
 _NDJSON = "application/x-ndjson"
 _SSE_DONE = b"data: [DONE]"
 _TAIL = 64
+_STALL_CHECKS = 4
+"""How many times per ``PROXY_CLIENT_TIMEOUT`` a pending write is looked at."""
 
 
 async def relay(
@@ -54,75 +61,43 @@ async def relay(
 ) -> web.StreamResponse:
     """Relay ``upstream`` (headers read) to the client; always releases or closes ``upstream``.
 
-    SSE and NDJSON bodies are streamed; anything else is read whole and answered with its status
-    and content type. ``check_end`` enables the truncation check for streams (model routes: on;
-    pulls, whose NDJSON has no ``done`` line: off).
+    SSE and NDJSON bodies are relayed as streams; anything else keeps its status, content type
+    and length. ``check_end`` enables the truncation check for streams (model routes: on; pulls,
+    whose NDJSON has no ``done`` line: off).
 
     Raises:
-        UpstreamTimeoutError: Ollama went silent before the first chunk or the whole body.
-        UpstreamUnavailableError: Ollama dropped the connection before the first chunk or body.
+        UpstreamTimeoutError: Ollama went silent before the first piece.
+        UpstreamUnavailableError: Ollama dropped the connection before the first piece.
     """
     content_type = upstream.headers.get("Content-Type", "application/octet-stream")
     if content_type.startswith(_SSE):
-        framing = Framing.SSE
+        framing: Framing | None = Framing.SSE
     elif content_type.startswith(_NDJSON):
         framing = Framing.NDJSON
     else:
-        return await _relay_whole(upstream, content_type, exchange, client_timeout)
-    return await _relay_stream(
-        request,
-        upstream,
-        content_type,
-        exchange,
-        framing,
-        client_timeout=client_timeout,
-        check_end=check_end,
-    )
-
-
-async def _relay_whole(
-    upstream: aiohttp.ClientResponse,
-    content_type: str,
-    exchange: Exchange,
-    client_timeout: aiohttp.ClientTimeout,
-) -> web.Response:
-    body = await _read_uncommitted(upstream.read, upstream, client_timeout)
-    upstream.release()
-    exchange.bytes = len(body)
-    return web.Response(body=body, status=upstream.status, headers={"Content-Type": content_type})
-
-
-async def _relay_stream(
-    request: web.Request,
-    upstream: aiohttp.ClientResponse,
-    content_type: str,
-    exchange: Exchange,
-    framing: Framing,
-    *,
-    client_timeout: aiohttp.ClientTimeout,
-    check_end: bool,
-) -> web.StreamResponse:
+        framing = None
     readany = upstream.content.readany
     chunk = await _read_uncommitted(readany, upstream, client_timeout)
-
-    response = web.StreamResponse(
-        status=upstream.status,
-        headers={
-            "Content-Type": content_type,
-            "Cache-Control": "no-cache",
-            "X-Accel-Buffering": "no",
-            "X-Request-ID": exchange.request_id,
-        },
-    )
+    headers = {"Content-Type": content_type, "X-Request-ID": exchange.request_id}
+    if framing is not None:
+        headers.update({"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+    response = web.StreamResponse(status=upstream.status, headers=headers)
+    if framing is None and upstream.content_length is not None:
+        response.content_length = upstream.content_length
+    watch = _StallWatch(request, exchange, request.app[SETTINGS].proxy_client_timeout)
     failure: str | None = None
     prev = last = b""
     chunks = size = 0
     try:
         await response.prepare(request)
+        exchange.committed = True
+        if framing is not None:
+            exchange.first_chunk_at = time.perf_counter()
         write = response.write
-        exchange.first_chunk_at = time.perf_counter()
         while chunk:
+            watch.since = time.monotonic()
             await write(chunk)
+            watch.since = 0.0
             chunks += 1
             size += len(chunk)
             prev = last
@@ -137,28 +112,66 @@ async def _relay_stream(
             except aiohttp.ClientError as exc:
                 failure = f"the connection to Ollama failed mid-stream: {connection_failure(exc)}"
                 break
-        if failure is None and check_end:
+        if failure is None and check_end and framing is not None:
             failure = _incomplete_end(framing, prev, last)
         if failure is None:
             upstream.release()
+            await response.write_eof()
         else:
             upstream.close()
             exchange.error = failure
-            log.warning("upstream stream failed", error=failure, chunks=chunks)
-            await write(_terminate(framing, prev, last) + stream_error_frame(framing, failure))
-        await response.write_eof()
+            log.warning("upstream answer failed", error=failure, chunks=chunks)
+            if framing is None:  # nothing can say so in-band: drop the client's connection
+                if request.transport is not None:
+                    request.transport.abort()
+            else:
+                await write(_terminate(framing, prev, last) + stream_error_frame(framing, failure))
+                await response.write_eof()
     except ConnectionError:
         # The client went away (a write to a closing transport); stop Ollama by closing.
         upstream.close()
-        exchange.error = "client disconnected"
+        exchange.error = exchange.error or "client disconnected"
         exchange.status = 499
-        log.info("client disconnected mid-stream", chunks=chunks)
+        log.info("client disconnected mid-answer", chunks=chunks)
     except BaseException:
         upstream.close()  # cancelled (client gone) or a bug: drop the upstream connection now
-        exchange.chunks, exchange.bytes = chunks, size
         raise
-    exchange.chunks, exchange.bytes = chunks, size
+    finally:
+        watch.stop()
+        exchange.chunks, exchange.bytes = chunks, size
     return response
+
+
+class _StallWatch:
+    """Drops a client's connection once one write to it has waited ``limit`` seconds.
+
+    Set :attr:`since` (``time.monotonic()``) before a write and back to 0 after it: the cost per
+    piece is two assignments; a timer looks a few times per ``limit``. Dropping the connection
+    cancels the handler (``handler_cancellation``), which closes the upstream and frees the slot.
+    """
+
+    __slots__ = ("_exchange", "_handle", "_interval", "_limit", "_request", "since")
+
+    def __init__(self, request: web.Request, exchange: Exchange, limit: float) -> None:
+        self._request = request
+        self._exchange = exchange
+        self._limit = limit
+        self._interval = limit / _STALL_CHECKS
+        self.since = 0.0
+        self._handle = asyncio.get_running_loop().call_later(self._interval, self._look)
+
+    def _look(self) -> None:
+        since = self.since
+        if since and time.monotonic() - since >= self._limit:
+            self._exchange.error = f"the client read nothing for {self._limit:g} s; cut off"
+            log.info("client stopped reading; cutting it off", seconds=self._limit)
+            if self._request.transport is not None:
+                self._request.transport.abort()
+            return
+        self._handle = asyncio.get_running_loop().call_later(self._interval, self._look)
+
+    def stop(self) -> None:
+        self._handle.cancel()
 
 
 async def _read_uncommitted(

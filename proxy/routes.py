@@ -1,16 +1,16 @@
 """The handlers of :data:`~proxy.endpoints.ENDPOINTS`, generated from the table.
 
-A model route parses the body once (``json.loads``), checks the fields its endpoint declares,
-resolves the model in the catalog, checks its kind, rewrites ``model`` to the Ollama tag,
-serialises once and forwards; everything after that is relayed as bytes. The model listings of
-both APIs come from one place (:func:`_listing`), enriched with Ollama's details when it is up.
+A model route parses the body once (:mod:`proxy.bodies`: strictly, as Ollama will), checks the
+fields its endpoint declares and the operator's policy, resolves the model in the catalog,
+checks its kind, rewrites ``model`` to the Ollama tag, serialises once and forwards; everything
+after that is relayed as bytes. Inference takes a slot of the main guard; every other request
+that reaches Ollama (model info, listings, ps, version) one of the small metadata guard, so no
+route can open connections to Ollama without bound. The model listings of both APIs come from
+one place (:func:`_listing`), enriched with Ollama's details when it is up.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import json
 import re
 from collections.abc import Awaitable, Callable, Mapping
 from datetime import datetime
@@ -18,15 +18,14 @@ from typing import Any
 
 from aiohttp import web
 
-from proxy.appkeys import EXCHANGE, GUARD, METRICS, SETTINGS, STATE, UPSTREAM
+from proxy.appkeys import EXCHANGE, GUARD, META_GUARD, METRICS, SETTINGS, STATE, UPSTREAM
+from proxy.bodies import check_fields, model_name, police, read_json_object, serialise
 from proxy.catalog import Model, ModelKind, UnknownModelError, name_key, strip_ubiops_prefix
-from proxy.endpoints import ENDPOINTS, Api, Endpoint, Field, Serves
+from proxy.endpoints import ENDPOINTS, Api, Endpoint, Serves
 from proxy.errors import (
-    BadRequestError,
     ModelNotFoundError,
     ModelUnavailableError,
     PermissionDeniedError,
-    RequestTimeoutError,
     WrongModelKindError,
 )
 from proxy.metrics import CONTENT_TYPE
@@ -34,7 +33,7 @@ from proxy.middlewares import token_matches
 from proxy.relay import relay
 from proxy.state import OllamaStatus
 
-__all__ = ["add_routes", "read_json_object"]
+__all__ = ["add_routes"]
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -45,15 +44,8 @@ _ROOT_TEXT = "Ollama is running"
 _ZERO_TIME = "0001-01-01T00:00:00Z"
 _OWNER = "library"
 _FRACTION = re.compile(r"(\.\d{6})\d+")
-_JSON_TYPE_NAMES = {
-    str: "a string",
-    bool: "a boolean",
-    list: "an array",
-    dict: "an object",
-    int: "a number",
-    float: "a number",
-    type(None): "null",
-}
+ANONYMOUS_READINESS = ("status", "ready", "gave_up")
+"""What ``/readyz`` tells a caller without a key."""
 
 
 def add_routes(app: web.Application) -> None:
@@ -66,42 +58,6 @@ def add_routes(app: web.Application) -> None:
             app.router.add_route(endpoint.method, endpoint.path, handler)
 
 
-async def read_json_object(request: web.Request) -> dict[str, Any]:
-    """The request body as a JSON object.
-
-    Raises:
-        RequestTimeoutError: the body did not arrive within ``PROXY_CLIENT_TIMEOUT``.
-        BadRequestError: empty body, not UTF-8, invalid JSON, or JSON that is not an object.
-        aiohttp.web.HTTPRequestEntityTooLarge: over ``client_max_size`` (mapped to 413).
-    """
-    try:
-        async with asyncio.timeout(request.app[SETTINGS].proxy_client_timeout):
-            raw = await request.read()
-    except TimeoutError:
-        raise RequestTimeoutError(
-            "the request body did not arrive in time; send it whole and promptly"
-        ) from None
-    if not raw.strip():
-        raise BadRequestError("the request body is empty; send a JSON object")
-    try:
-        text = raw.decode()
-    except UnicodeDecodeError as exc:
-        raise BadRequestError(
-            f"the request body is not valid UTF-8 (at byte {exc.start}); send UTF-8 JSON"
-        ) from None
-    try:
-        body = json.loads(text, parse_constant=_reject_constant)
-    except ValueError as exc:
-        raise BadRequestError(f"the request body is not valid JSON: {exc}") from None
-    except RecursionError:
-        raise BadRequestError("the request body is nested too deeply") from None
-    if not isinstance(body, dict):
-        raise BadRequestError(
-            f"the request body must be a JSON object, not {_json_type_name(body)}"
-        )
-    return body
-
-
 # -- model routes -------------------------------------------------------------------------------
 
 
@@ -109,11 +65,16 @@ def _model_route(endpoint: Endpoint) -> Handler:
     async def handler(request: web.Request) -> web.StreamResponse:
         app = request.app
         exchange = request[EXCHANGE]
+        settings = app[SETTINGS]
         body = await read_json_object(request)
-        catalog = app[SETTINGS].catalog
-        requested = _model_name(body, endpoint.name_fields, catalog.names)
+        catalog = settings.catalog
+        requested = model_name(body, endpoint.name_fields, catalog.names)
         exchange.requested_model = requested
-        _check_fields(body, endpoint.fields)
+        check_fields(body, endpoint.fields)
+        admin = ("keep_alive" in body or "options" in body) and token_matches(
+            request, settings.proxy_admin_key
+        )
+        police(body, endpoint, settings, admin=admin)
         model = _resolve(request, requested)
         exchange.model = model.tag
         if endpoint.kind is not None and model.kind is not endpoint.kind:
@@ -132,12 +93,11 @@ def _model_route(endpoint: Endpoint) -> Handler:
             timeout = upstream.stream
         else:
             timeout = upstream.whole
-        slot = app[GUARD] if endpoint.guarded else contextlib.nullcontext()
-        async with slot:
+        async with app[GUARD] if endpoint.guarded else app[META_GUARD]:
             response = await upstream.send(
                 "POST",
                 endpoint.path,
-                data=_serialise(body),
+                data=serialise(body),
                 headers=_JSON_HEADERS,
                 client_timeout=timeout,
             )
@@ -153,38 +113,6 @@ def _resolve(request: web.Request, requested: str) -> Model:
         raise ModelNotFoundError(str(exc), param="model") from None
 
 
-def _model_name(body: dict[str, Any], fields: tuple[str, ...], names: tuple[str, ...]) -> str:
-    for name in fields:
-        value = body.get(name)
-        if value is None:
-            continue
-        if not isinstance(value, str):
-            raise BadRequestError(
-                f"`{name}` must be a string naming a model, not {_json_type_name(value)}",
-                param=name,
-            )
-        if value.strip():
-            return value
-    served = ", ".join(names) or "none are configured"
-    raise BadRequestError(f"`model` is missing: name one of the models: {served}", param="model")
-
-
-def _check_fields(body: dict[str, Any], fields: tuple[Field, ...]) -> None:
-    for field in fields:
-        value = body.get(field.name)
-        if value is None:
-            if field.required:
-                raise BadRequestError(f"`{field.name}` is required", param=field.name)
-            continue
-        types = field.types
-        if not isinstance(value, types) or (bool not in types and isinstance(value, bool)):
-            expected = " or ".join(dict.fromkeys(_JSON_TYPE_NAMES[t] for t in types))
-            raise BadRequestError(
-                f"`{field.name}` must be {expected}, not {_json_type_name(value)}",
-                param=field.name,
-            )
-
-
 def _wrong_kind(requested: str, needed: ModelKind, others: tuple[str, ...]) -> WrongModelKindError:
     if needed is ModelKind.EMBEDDING:
         message = f"model {requested!r} is a chat model; it cannot create embeddings"
@@ -193,22 +121,6 @@ def _wrong_kind(requested: str, needed: ModelKind, others: tuple[str, ...]) -> W
     return WrongModelKindError(
         f"{message}; the {needed} models here: {', '.join(others) or 'none'}", param="model"
     )
-
-
-def _serialise(body: dict[str, Any]) -> bytes:
-    try:
-        return json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()
-    except UnicodeEncodeError:
-        # A lone surrogate (``"\ud800"``) is valid JSON but not UTF-8: keep it as an escape.
-        return json.dumps(body, separators=(",", ":")).encode()
-
-
-def _reject_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not a JSON number")
-
-
-def _json_type_name(value: object) -> str:
-    return _JSON_TYPE_NAMES.get(type(value), type(value).__name__)
 
 
 # -- model listings -----------------------------------------------------------------------------
@@ -253,9 +165,10 @@ async def _ollama_tags(app: web.Application) -> dict[str, dict[str, Any]]:
         return {}
     upstream = app[UPSTREAM]
     try:
-        response = await upstream.send("GET", "/api/tags", client_timeout=upstream.brief)
-        async with response:
-            document = await response.json() if response.status == 200 else None
+        async with app[META_GUARD]:
+            response = await upstream.send("GET", "/api/tags", client_timeout=upstream.brief)
+            async with response:
+                document = await response.json() if response.status == 200 else None
     except Exception:  # enrichment only: the listing works without it
         return {}
     entries = document.get("models") if isinstance(document, dict) else None
@@ -296,8 +209,11 @@ def _unix_time(value: object) -> int:
 def _passthrough(endpoint: Endpoint) -> Handler:
     async def handler(request: web.Request) -> web.StreamResponse:
         upstream = request.app[UPSTREAM]
-        response = await upstream.send(request.method, endpoint.path, client_timeout=upstream.meta)
-        return await relay(request, response, request[EXCHANGE], client_timeout=upstream.meta)
+        async with request.app[META_GUARD]:
+            response = await upstream.send(
+                request.method, endpoint.path, client_timeout=upstream.meta
+            )
+            return await relay(request, response, request[EXCHANGE], client_timeout=upstream.meta)
 
     return handler
 
@@ -338,9 +254,21 @@ def _fixed(answer: Callable[[web.Application], web.Response]) -> Callable[[Endpo
     return make
 
 
-def _readiness(app: web.Application) -> web.Response:
-    readiness = app[STATE].readiness()
-    return web.json_response(readiness.as_json(), status=200 if readiness.serving else 503)
+def _readiness(_endpoint: Endpoint) -> Handler:
+    async def handler(request: web.Request) -> web.StreamResponse:
+        """The readiness document; its reasons and details only for a caller with a key
+        (anonymous probes learn whether it serves, not which models fail and why)."""
+        readiness = request.app[STATE].readiness()
+        document = readiness.as_json()
+        settings = request.app[SETTINGS]
+        if settings.proxy_api_key and not (
+            token_matches(request, settings.proxy_api_key)
+            or token_matches(request, settings.proxy_admin_key)
+        ):
+            document = {key: document[key] for key in ANONYMOUS_READINESS}
+        return web.json_response(document, status=200 if readiness.serving else 503)
+
+    return handler
 
 
 _HANDLERS: Mapping[Serves, Callable[[Endpoint], Handler]] = {
@@ -352,7 +280,7 @@ _HANDLERS: Mapping[Serves, Callable[[Endpoint], Handler]] = {
     Serves.MANAGEMENT: _management,
     Serves.ROOT: _fixed(lambda _app: web.Response(text=_ROOT_TEXT)),
     Serves.HEALTH: _fixed(lambda _app: web.json_response({"status": "alive"})),
-    Serves.READINESS: _fixed(_readiness),
+    Serves.READINESS: _readiness,
     Serves.METRICS: _fixed(
         lambda app: web.Response(body=app[METRICS].render(), headers={"Content-Type": CONTENT_TYPE})
     ),

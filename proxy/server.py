@@ -37,6 +37,7 @@ from proxy.appkeys import METRICS
 from proxy.config import Settings
 from proxy.logs import configure_logging, get_logger
 from proxy.ollama import resolve_executable
+from proxy.runner import ProxyRunner
 from proxy.state import InstanceState, ModelStatus
 from proxy.supervisor import Supervisor
 
@@ -102,7 +103,7 @@ async def _serve(settings: Settings, executable: str) -> int:
         )
         supervisor_ref.append(supervisor)
         app.cleanup_ctx.append(supervisor.cleanup_ctx)
-        runner = web.AppRunner(
+        runner = ProxyRunner(
             app,
             shutdown_timeout=drain_timeout(settings.shutdown_grace),
             # Also how long a client may take to send its headers: slow clients are cut off.

@@ -10,6 +10,7 @@ turns transport failures into the proxy's typed errors: a timeout becomes
 
 from __future__ import annotations
 
+import os
 from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any
 
@@ -37,11 +38,13 @@ class Upstream:
         base_url: Ollama's base URL (``Settings.ollama_url``).
         request_timeout: ``PROXY_REQUEST_TIMEOUT``: the total time of a non-streamed request, and
             the longest silence between two chunks of a streamed one.
+        connections: the most connections open to Ollama at once (the pool's bound).
     """
 
-    def __init__(self, base_url: str, *, request_timeout: float) -> None:
+    def __init__(self, base_url: str, *, request_timeout: float, connections: int = 100) -> None:
         self.base_url = URL(base_url)
         self.request_timeout = request_timeout
+        self._connections = connections
         self._session: aiohttp.ClientSession | None = None
         self._urls: dict[str, URL] = {}
         self.whole = aiohttp.ClientTimeout(total=request_timeout, sock_connect=_CONNECT_TIMEOUT)
@@ -62,7 +65,7 @@ class Upstream:
     async def start(self) -> None:
         """Open the session (idempotent)."""
         if self._session is None:
-            connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=_KEEPALIVE)
+            connector = aiohttp.TCPConnector(limit=self._connections, keepalive_timeout=_KEEPALIVE)
             self._session = aiohttp.ClientSession(
                 connector=connector,
                 headers={"Accept-Encoding": "identity"},
@@ -119,10 +122,12 @@ class Upstream:
                     retry = False
                     log.debug("stale upstream connection; retrying once", error=str(exc))
                     continue
+                log.warning("ollama unreachable", error=str(exc))
                 raise unreachable(exc) from exc
             except TimeoutError as exc:
                 raise timeout_error(client_timeout) from exc
             except aiohttp.ClientError as exc:
+                log.warning("ollama unreachable", error=str(exc))
                 raise unreachable(exc) from exc
 
 
@@ -141,10 +146,22 @@ def unreachable(exc: BaseException) -> UpstreamUnavailableError:
 
 
 def connection_failure(exc: BaseException) -> str:
-    """What went wrong with a connection to Ollama, in a few words."""
+    """What went wrong with a connection to Ollama, in a few words fit for a client.
+
+    Never the exception's own text: aiohttp's names Ollama's internal address.
+    """
     if isinstance(exc, aiohttp.ClientPayloadError):
         return "the response ended before it was complete"
-    return str(exc) or type(exc).__name__
+    if isinstance(exc, aiohttp.ServerDisconnectedError):
+        return "it closed the connection"
+    if isinstance(exc, TimeoutError):
+        return "it timed out"
+    cause: BaseException | None = exc
+    while cause is not None:
+        if isinstance(cause, OSError) and cause.errno:
+            return os.strerror(cause.errno).lower()
+        cause = getattr(cause, "os_error", None) or cause.__cause__
+    return "the connection failed"
 
 
 def upstream_context(upstream: Upstream) -> Callable[[web.Application], AsyncIterator[None]]:

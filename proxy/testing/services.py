@@ -304,6 +304,10 @@ class ProxyProcess(ServiceProcess):
         key = self.env.get("PROXY_API_KEY")
         return {"Authorization": f"Bearer {key}"} if key else {}
 
+    def get(self, path: str, timeout: float = HTTP_TIMEOUT) -> tuple[int, Any]:
+        """``GET`` a path with the API key (``/readyz`` details only go to key holders)."""
+        return http_json(self.url + path, headers=self.headers, timeout=timeout)
+
     def pulls(self) -> list[dict[str, Any]]:
         """The simulator's record of every pull so far (its ``SIM_STATE_DIR``)."""
         return read_pull_log(self.state_dir)

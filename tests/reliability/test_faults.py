@@ -215,6 +215,7 @@ class _ReadyzWatch:
     def __init__(self, proxy: ProxyProcess) -> None:
         self.seen: list[tuple[float, int, str]] = []
         self._url = f"{proxy.url}/readyz"
+        self._headers = proxy.headers
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -231,7 +232,8 @@ class _ReadyzWatch:
     def _run(self) -> None:
         while not self._stop.is_set():
             try:
-                with urllib.request.urlopen(self._url, timeout=2) as resp:
+                request = urllib.request.Request(self._url, headers=self._headers)
+                with urllib.request.urlopen(request, timeout=2) as resp:
                     status, body = resp.status, json.load(resp)
             except urllib.error.HTTPError as exc:
                 status, body = exc.code, json.load(exc)
