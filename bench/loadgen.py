@@ -38,7 +38,7 @@ import select
 import subprocess
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -307,7 +307,7 @@ async def _timed(
     job: dict[str, Any],
     window: _Window,
     opens_at: float,
-    worker: Callable[[int], Awaitable[None]],
+    worker: Callable[[int], Coroutine[Any, Any, None]],
 ) -> None:
     """Run ``concurrency`` workers, open the window after ``opens_at`` s, cancel them at its end."""
     tasks = [asyncio.create_task(worker(i)) for i in range(job["concurrency"])]

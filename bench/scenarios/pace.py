@@ -37,7 +37,9 @@ def _bodies(n: int) -> list[dict[str, Any]]:
     return [chat_body(stream=True, text=f"Question number {i}: tell me a story.") for i in range(n)]
 
 
-def _job(stack: ProxyStack, target: str, bench: Bench, delay: float, window: float) -> dict:
+def _job(
+    stack: ProxyStack, target: str, bench: Bench, delay: float, window: float
+) -> dict[str, Any]:
     p = bench.profile
     tgt = stack.direct() if target == "direct" else stack.proxy()
     spread = p.pace_tokens * delay
