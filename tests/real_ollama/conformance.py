@@ -16,9 +16,10 @@ from __future__ import annotations
 
 import http.client
 import json
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlsplit
 
 __all__ = [
     "CHAT_MODEL",
@@ -477,8 +478,19 @@ CORPUS: tuple[Case, ...] = (
 )
 
 
-def observe(port: int, case: Case, timeout: float = REQUEST_TIMEOUT) -> Observation:
-    """Send ``case`` to ``127.0.0.1:port`` and reduce the answer to an :class:`Observation`."""
+def observe(
+    url: str,
+    case: Case,
+    *,
+    timeout: float = REQUEST_TIMEOUT,
+    after_chunks: int | None = None,
+    action: Callable[[], object] | None = None,
+) -> Observation:
+    """Send ``case`` to the server at ``url`` and reduce the answer to an :class:`Observation`.
+
+    With ``after_chunks`` and ``action``, ``action`` runs once that many chunks (NDJSON lines or
+    SSE ``data:`` lines) of a streamed answer have arrived, and the rest is read after it.
+    """
     if isinstance(case.body, bytes) or case.body is None:
         data = case.body
     else:
@@ -486,11 +498,18 @@ def observe(port: int, case: Case, timeout: float = REQUEST_TIMEOUT) -> Observat
     headers = dict(case.headers)
     if data is not None:
         headers.setdefault("Content-Type", "application/json")
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    parts = urlsplit(url)
+    conn = http.client.HTTPConnection(parts.hostname or "127.0.0.1", parts.port, timeout=timeout)
     try:
         conn.request(case.method, case.path, body=data, headers=headers)
         response = conn.getresponse()
-        raw = response.read()
+        raw, seen = b"", 0
+        while line := response.readline():
+            raw += line
+            if line.startswith((b"{", b"data:")):
+                seen += 1
+                if action is not None and seen == after_chunks:
+                    action()
     finally:
         conn.close()
     content_type = response.getheader("Content-Type", "")

@@ -1,28 +1,29 @@
-"""Running ``python -m proxy serve`` in front of the real Ollama, for the real_ollama suites.
+"""The real_ollama suites' setup, on the shipped harness: ``python -m proxy serve`` is a
+:class:`~proxy.testing.services.ProxyProcess` whose environment is the harness's
+:func:`~proxy.testing.harness.proxy_env` with the real executable and models in place of the
+simulator's.
 
-Self-contained on purpose (no helper of the other suites): a subprocess, its environment, a
-readiness wait with a deadline, and a stop that checks every descendant is gone.
+The models directory of ``scripts/real-ollama.sh`` is a cache shared by every run: tests only
+read it (Ollama started with ``OLLAMA_NOPRUNE=1``); a test that may pull, delete or copy works on
+:func:`private_models`, a copy of its own.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import os
+import shutil
 import signal
-import subprocess
-import sys
 import time
-import urllib.error
-import urllib.request
-from dataclasses import dataclass, field
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import psutil
-import pytest
 
-from proxy.testing.harness import free_port
+from proxy.testing.harness import free_port, http_json, proxy_env
+from proxy.testing.services import ProxyProcess, ServiceProcess
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -37,9 +38,8 @@ READY_TIMEOUT = 90.0
 """Real ``ollama serve`` started and both models loaded (a few seconds when the machine is idle)."""
 EXIT_TIMEOUT = 30.0
 """SIGTERM to exit: the proxy drains, then stops Ollama and its runners."""
-HTTP_TIMEOUT = 5.0
-"""One probe request."""
-POLL_INTERVAL = 0.1
+LEFTOVER_GRACE = 2.0
+"""After the proxy exited, how long a dying descendant may take to be gone."""
 
 
 @dataclass(frozen=True)
@@ -50,105 +50,89 @@ class RealOllama:
     models: Path
 
 
-@dataclass
-class RunningProxy:
-    """A ``python -m proxy serve`` subprocess; its output goes to ``log_path``."""
-
-    popen: subprocess.Popen[bytes]
-    port: int
-    log_path: Path
-    env: dict[str, str] = field(repr=False)
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def log_tail(self, lines: int = 40) -> str:
+def private_models(real: RealOllama, dest: Path) -> Path:
+    """A models directory of the test's own with the same models: manifests copied, blobs
+    hard-linked (copied where links cannot be made). Ollama writes a blob only under a new name
+    and replaces it by renaming, so the shared files are never written through a link."""
+    shutil.copytree(real.models / "manifests", dest / "manifests")
+    (dest / "blobs").mkdir(parents=True)
+    for blob in (real.models / "blobs").iterdir():
         try:
-            text = self.log_path.read_text(errors="replace")
+            os.link(blob, dest / "blobs" / blob.name)
         except OSError:
-            return ""
-        return "\n".join(text.splitlines()[-lines:])
+            shutil.copy2(blob, dest / "blobs" / blob.name)
+    return dest
 
 
-def http_get(url: str, timeout: float = HTTP_TIMEOUT) -> tuple[int, Any]:
-    """GET ``url`` with the API key; ``(status, parsed JSON)``, or ``(0, error)`` if unreachable."""
-    request = urllib.request.Request(url, headers={"Authorization": f"Bearer {API_KEY}"})
-    try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:
-            return response.status, json.loads(response.read())
-    except urllib.error.HTTPError as exc:
-        body = exc.read()
-        try:
-            return exc.code, json.loads(body)
-        except ValueError:
-            return exc.code, body.decode(errors="replace")
-    except (urllib.error.URLError, OSError) as exc:
-        return 0, str(exc)
-
-
-def start_proxy(
-    real: RealOllama,
-    workdir: Path,
-    *,
-    chat_models: str,
-    embedding_models: str,
-    models_dir: Path | None = None,
-    **extra: str,
-) -> RunningProxy:
-    """Start the proxy in front of ``real``'s executable; ``extra`` adds environment variables."""
-    port = free_port()
-    workdir.mkdir(parents=True, exist_ok=True)
-    env = {
-        **os.environ,
-        "OLLAMA_BIN": str(real.bin),
-        "OLLAMA_MODELS": str(models_dir or real.models),
-        "OLLAMA_INTERNAL_HOST": f"127.0.0.1:{free_port()}",
-        "OLLAMA_CHAT_MODELS": chat_models,
-        "OLLAMA_EMBEDDING_MODELS": embedding_models,
-        # The models directory is a shared cache: Ollama must not prune blobs in it at start.
-        "OLLAMA_NOPRUNE": "1",
-        "PROXY_HOST": "127.0.0.1",
-        "PROXY_PORT": str(port),
-        "PROXY_API_KEY": API_KEY,
-        "OLLAMA_START_TIMEOUT": "60",
-        "PULL_RETRIES": "1",
-        "LOG_FORMAT": "json",
-        **extra,
+def snapshot(models: Path) -> dict[str, tuple[int, int]]:
+    """Every file under a models directory: its size and modification time (ns)."""
+    return {
+        str(path.relative_to(models)): (path.stat().st_size, path.stat().st_mtime_ns)
+        for path in sorted(models.rglob("*"))
+        if path.is_file()
     }
-    log_path = workdir / "proxy.log"
-    with log_path.open("wb") as log:
-        popen = subprocess.Popen(
-            [sys.executable, "-m", "proxy", "serve"],
-            cwd=REPO,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-    return RunningProxy(popen=popen, port=port, log_path=log_path, env=env)
 
 
-def wait_ready(proxy: RunningProxy, timeout: float = READY_TIMEOUT) -> Any:
-    """Poll ``/readyz`` until 200 and return its JSON; fail with the log's tail otherwise."""
-    deadline = time.monotonic() + timeout
-    status, body = 0, None
-    while time.monotonic() < deadline:
-        if proxy.popen.poll() is not None:
-            pytest.fail(
-                f"the proxy exited with {proxy.popen.returncode} before it was ready:\n"
-                f"{proxy.log_tail()}",
-                pytrace=False,
-            )
-        status, body = http_get(f"{proxy.url}/readyz")
-        if status == 200:
-            return body
-        time.sleep(POLL_INTERVAL)
-    pytest.fail(
-        f"the proxy was not ready within {timeout:g}s (last /readyz: {status} {body}):\n"
-        f"{proxy.log_tail()}",
-        pytrace=False,
+def real_env(
+    real: RealOllama, workdir: Path, *, models: Path | None = None, **overrides: str
+) -> dict[str, str]:
+    """:func:`proxy_env` for the real executable: its models (the shared cache unless
+    ``models``), never pruned, an API key, one pull attempt; then ``overrides``."""
+    env = proxy_env(
+        workdir,
+        OLLAMA_BIN=str(real.bin),
+        OLLAMA_MODELS=str(models or real.models),
+        OLLAMA_NOPRUNE="1",
+        PROXY_API_KEY=API_KEY,
+        OLLAMA_START_TIMEOUT="60",
+        PULL_RETRIES="1",
+        READY_TIMEOUT=str(READY_TIMEOUT),
+        SHUTDOWN_GRACE="10",
     )
+    env = {key: value for key, value in env.items() if not key.startswith("SIM_")}
+    env.update(overrides)
+    return env
+
+
+def proxy(real: RealOllama, workdir: Path, **kwargs: Any) -> ProxyProcess:
+    """A :class:`ProxyProcess` in front of the real executable (see :func:`real_env`), not yet
+    started; its log is ``workdir/proxy.log``."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    process = ProxyProcess(real_env(real, workdir, **kwargs), log_path=workdir / "proxy.log")
+    process.ready_timeout = READY_TIMEOUT
+    return process
+
+
+@contextlib.contextmanager
+def running(process: ProxyProcess) -> Iterator[ProxyProcess]:
+    """Start ``process`` and stop it after, however the test ends."""
+    process.start()
+    try:
+        yield process
+    finally:
+        process.stop()
+
+
+def get(process: ProxyProcess, path: str) -> tuple[int, Any]:
+    """``GET`` a path of the proxy with its API key: ``(status, JSON or text)``."""
+    return http_json(process.url + path, headers=process.headers)
+
+
+def ollama_server(real: RealOllama, models: Path, log_path: Path, **env: str) -> ServiceProcess:
+    """``ollama serve`` itself on a free loopback port (not started), never pruning ``models``."""
+    port = free_port()
+    environ = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("OLLAMA_")},
+        "OLLAMA_HOST": f"127.0.0.1:{port}",
+        "OLLAMA_MODELS": str(models),
+        "OLLAMA_NOPRUNE": "1",
+        **env,
+    }
+    server = ServiceProcess(
+        [str(real.bin), "serve"], env=environ, url=f"http://127.0.0.1:{port}", log_path=log_path
+    )
+    server.ready_timeout = READY_TIMEOUT
+    return server
 
 
 def descendants(pid: int) -> list[psutil.Process]:
@@ -159,50 +143,31 @@ def descendants(pid: int) -> list[psutil.Process]:
         return []
 
 
-def alive(proc: psutil.Process) -> bool:
+def _alive(proc: psutil.Process) -> bool:
     try:
         return proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE
     except psutil.NoSuchProcess:
         return False
 
 
-def kill_tree(proxy: RunningProxy) -> None:
-    """SIGKILL the proxy and every descendant; for teardown after a failure."""
-    procs = descendants(proxy.popen.pid)
-    with contextlib.suppress(ProcessLookupError):
-        proxy.popen.kill()
-    for proc in procs:
-        with contextlib.suppress(psutil.NoSuchProcess):
-            proc.kill()
-    with contextlib.suppress(subprocess.TimeoutExpired):
-        proxy.popen.wait(EXIT_TIMEOUT)
-
-
-def terminate(proxy: RunningProxy, timeout: float = EXIT_TIMEOUT) -> tuple[int, list[str]]:
+def terminate(process: ProxyProcess, timeout: float = EXIT_TIMEOUT) -> tuple[int, list[str]]:
     """SIGTERM the proxy; its exit status and the descendants still alive once it has exited.
 
-    The descendants are collected before the signal and looked at again after the exit, up to a
-    short grace (a child that is already dying may take a moment to be reaped by init).
+    The descendants are collected before the signal and looked at again after the exit, up to
+    :data:`LEFTOVER_GRACE` (a child that is already dying may take a moment to be reaped).
+    Whatever is left is killed, so a failing test leaves nothing behind.
     """
-    before = descendants(proxy.popen.pid)
-    proxy.popen.send_signal(signal.SIGTERM)
-    try:
-        status = proxy.popen.wait(timeout)
-    except subprocess.TimeoutExpired:
-        kill_tree(proxy)
-        pytest.fail(
-            f"the proxy did not exit within {timeout:g}s of SIGTERM:\n{proxy.log_tail()}",
-            pytrace=False,
-        )
-    deadline = time.monotonic() + 2.0
-    left = [proc for proc in before if alive(proc)]
+    before = descendants(process.pid)
+    process.send_signal(signal.SIGTERM)
+    status = process.wait_exit(timeout)
+    deadline = time.monotonic() + LEFTOVER_GRACE
+    left = [proc for proc in before if _alive(proc)]
     while left and time.monotonic() < deadline:
-        time.sleep(POLL_INTERVAL)
-        left = [proc for proc in left if alive(proc)]
+        time.sleep(0.05)
+        left = [proc for proc in left if _alive(proc)]
     names = []
     for proc in left:
         with contextlib.suppress(psutil.NoSuchProcess):
             names.append(f"{proc.pid} {' '.join(proc.cmdline())}")
-        with contextlib.suppress(psutil.NoSuchProcess):
             proc.kill()
     return status, names

@@ -17,16 +17,14 @@ import ollama
 import openai
 import pytest
 
+from proxy.testing.services import ProxyProcess
 from tests.real_ollama.support import (
     API_KEY,
     CHAT_MODEL,
     EMBEDDING_MODEL,
     RealOllama,
-    RunningProxy,
-    kill_tree,
-    start_proxy,
+    proxy,
     terminate,
-    wait_ready,
 )
 
 pytestmark = [
@@ -50,37 +48,31 @@ DIMENSIONS = 384
 
 
 @pytest.fixture(scope="module")
-def proxy(
+def server(
     real_ollama: RealOllama, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[RunningProxy]:
-    running = start_proxy(
-        real_ollama,
-        tmp_path_factory.mktemp("real-e2e"),
-        chat_models=CHAT_MODEL,
-        embedding_models=EMBEDDING_MODEL,
-    )
+) -> Iterator[ProxyProcess]:
+    running = proxy(real_ollama, tmp_path_factory.mktemp("real-e2e"))
+    running.start()
     try:
-        wait_ready(running)
         yield running
     finally:
-        if running.popen.poll() is None:
+        if running.returncode is None:
             status, left = terminate(running)
+            running.stop()
             assert status == 0, running.log_tail()
             assert left == [], f"processes left after SIGTERM: {left}"
 
 
 @pytest.fixture(scope="module")
-def oai(proxy: RunningProxy) -> openai.OpenAI:
+def oai(server: ProxyProcess) -> openai.OpenAI:
     return openai.OpenAI(
-        base_url=f"{proxy.url}/v1", api_key=API_KEY, timeout=CLIENT_TIMEOUT, max_retries=0
+        base_url=f"{server.url}/v1", api_key=API_KEY, timeout=CLIENT_TIMEOUT, max_retries=0
     )
 
 
 @pytest.fixture(scope="module")
-def oll(proxy: RunningProxy) -> ollama.Client:
-    return ollama.Client(
-        host=proxy.url, headers={"Authorization": f"Bearer {API_KEY}"}, timeout=CLIENT_TIMEOUT
-    )
+def oll(server: ProxyProcess) -> ollama.Client:
+    return ollama.Client(host=server.url, headers=server.headers, timeout=CLIENT_TIMEOUT)
 
 
 def cosine(a: Sequence[float], b: Sequence[float]) -> float:
@@ -265,24 +257,15 @@ def test_ollama_wrong_kind_is_a_clear_4xx(oll: ollama.Client) -> None:
 
 
 def test_sigterm_exits_0_and_leaves_no_process(real_ollama: RealOllama, tmp_path: Path) -> None:
-    running = start_proxy(
-        real_ollama,
-        tmp_path,
-        chat_models=CHAT_MODEL,
-        embedding_models=EMBEDDING_MODEL,
-    )
+    running = proxy(real_ollama, tmp_path)
+    running.start()
     try:
-        wait_ready(running)
-        client = ollama.Client(
-            host=running.url,
-            headers={"Authorization": f"Bearer {API_KEY}"},
-            timeout=CLIENT_TIMEOUT,
-        )
+        client = ollama.Client(host=running.url, headers=running.headers, timeout=CLIENT_TIMEOUT)
         # Models loaded: ollama serve and its runners are all children of the proxy now.
         answer = client.generate(model=CHAT_MODEL, prompt="Hi", options={"num_predict": 4})
         assert answer.response
     except BaseException:
-        kill_tree(running)
+        running.stop()
         raise
     status, left = terminate(running)
     assert status == 0, running.log_tail()

@@ -1,6 +1,6 @@
 """The supervisor in front of the real ``ollama`` with no model configured: ready, proxied, stopped.
 
-Moved from ``tests/supervisor``; it now uses the executable of ``scripts/real-ollama.sh`` (the
+Moved from ``tests/supervisor``; it uses the executable of ``scripts/real-ollama.sh`` (the
 ``real_ollama`` session fixture) and an empty models directory of its own.
 """
 
@@ -10,14 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.real_ollama.support import (
-    RealOllama,
-    http_get,
-    kill_tree,
-    start_proxy,
-    terminate,
-    wait_ready,
-)
+from tests.real_ollama.support import RealOllama, get, proxy, terminate
 
 pytestmark = [
     pytest.mark.real_ollama,
@@ -28,25 +21,22 @@ pytestmark = [
 
 
 def test_real_ollama_becomes_ready_and_is_proxied(real_ollama: RealOllama, tmp_path: Path) -> None:
-    proxy = start_proxy(
-        real_ollama,
-        tmp_path,
-        chat_models="",
-        embedding_models="",
-        models_dir=tmp_path / "models",
+    empty = tmp_path / "models"
+    empty.mkdir()
+    server = proxy(
+        real_ollama, tmp_path, models=empty, OLLAMA_CHAT_MODELS="", OLLAMA_EMBEDDING_MODELS=""
     )
+    server.start()
     try:
-        ready = wait_ready(proxy)
-        assert ready is not None
-        status, body = http_get(f"{proxy.url}/api/version")
+        status, body = get(server, "/api/version")
         assert status == 200, body
-        assert body["version"], body
-        status, body = http_get(f"{proxy.url}/api/tags")
+        assert body["version"] == "0.24.0", body
+        status, body = get(server, "/api/tags")
         assert status == 200, body
         assert body["models"] == [], body
     except BaseException:
-        kill_tree(proxy)
+        server.stop()
         raise
-    exit_status, left = terminate(proxy)
-    assert exit_status == 0, proxy.log_tail()
+    exit_status, left = terminate(server)
+    assert exit_status == 0, server.log_tail()
     assert left == [], f"processes left after SIGTERM: {left}"
