@@ -1,20 +1,24 @@
 """UbiOps deployment: many Ollama models, OpenAI-compatible, behind one local proxy.
 
-UbiOps runs this class in every request process of an instance (``instance_processes``).
-Process 0 also starts the proxy (``python -m proxy serve``: it runs ``ollama serve``, pulls the
-models of OLLAMA_CHAT_MODELS and OLLAMA_EMBEDDING_MODELS, and serves the OpenAI API) and
-restarts it if it dies. Every process waits until the proxy is ready, then forwards each request
-to it over one keep-alive loopback connection and relays streamed chunks as they arrive.
+UbiOps runs this class in every request process of an instance (``instance_processes``), and
+also builds it once when it validates a new version ("checking if initialisation of the
+deployment class succeeds"). Process 0 starts the proxy (``python -m proxy serve``: it runs
+``ollama serve``, pulls the models of OLLAMA_CHAT_MODELS and OLLAMA_EMBEDDING_MODELS, and serves
+the OpenAI API) and restarts it if it dies. ``__init__`` returns once the proxy serves, or once
+models are being downloaded, or after at most two minutes, so neither a validation nor a cold
+start waits for a download; it fails only when the model server cannot start at all. Until the
+proxy serves, a request fails at once with a message that says it is starting and why.
 
-Request input (plain): an OpenAI body, as JSON text or a dict. ``messages`` goes to chat
-completions, ``prompt`` to completions, ``input`` to embeddings. With ``"stream": true`` every
-chunk is sent through ``streaming_update`` and the result is the JSON list of chunks; otherwise
-the result is the OpenAI response JSON. Errors come back as the request's error message, in the
-proxy's words (the same as through its port).
+Request input (plain): the OpenAI body as JSON text. ``messages`` goes to chat completions,
+``prompt`` to completions, ``input`` to embeddings. With ``"stream": true`` every chunk is sent
+through ``streaming_update`` and the result is the JSON list of chunks (a streamed chat asks for
+token usage, so its last chunk has ``usage`` and no choices); otherwise the result is the OpenAI
+response JSON. Errors come back as the request's error message, in the proxy's words (the same
+as through its port).
 """
 
-from proxy.config import load_settings
 from proxy.client import ProxyClient
+from proxy.config import load_settings
 from proxy.launcher import ProxyLauncher
 from proxy.logs import configure_logging, get_logger
 
@@ -39,11 +43,15 @@ class Deployment:
             if self._launcher is not None:
                 self._launcher.start()
             check = self._launcher.check if self._launcher is not None else None
-            self._client.wait_ready(check=check)
+            started = self._client.wait_started(check=check)
         except BaseException:
             self.stop()
             raise
-        log.info("deployment process ready", models=", ".join(settings.catalog.names))
+        log.info(
+            "deployment process initialised",
+            proxy=started,
+            models=", ".join(settings.catalog.names),
+        )
 
     def request(self, data, context):
         return self._client.forward(data, context.get("streaming_update"))

@@ -9,7 +9,18 @@ kinds and fields and words the errors; its error message becomes the ``public_er
 so a request is judged the same through UbiOps as through the proxy's port.
 
 Nothing is re-serialised: JSON text is sent as that text, streamed chunks are relayed as the text
-of each SSE event, and a streamed answer's result is those texts joined into a JSON list.
+of each SSE event, and a streamed answer's result is those texts joined into a JSON list. The one
+change to a payload: a streamed chat completion without ``stream_options`` gets
+``"stream_options": {"include_usage": true}`` (as UbiOps' own LLM tutorials send), so the answer
+ends with one more chunk, ``choices: []`` and the token ``usage``, that UbiOps' token metrics read.
+
+Start-up (see :meth:`ProxyClient.wait_started`): UbiOps builds the ``Deployment`` object when an
+instance starts *and* when it validates a new version ("checking if initialisation of the
+deployment class succeeds"), and a process takes requests as soon as its ``__init__`` returns. So
+``__init__`` waits only while the wait is short: until the proxy serves, or models are being
+downloaded, or :data:`STARTUP_WAIT` passed. Until the proxy was seen serving, every request asks
+``/readyz`` first and fails at once, saying the model server is starting and why (a model being
+pulled, with its progress), instead of waiting out the platform's request timeout.
 """
 
 from __future__ import annotations
@@ -18,6 +29,7 @@ import asyncio
 import json
 import os
 import threading
+import time
 from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
@@ -27,9 +39,11 @@ from proxy.config import Settings
 from proxy.endpoints import Endpoint, ubiops_endpoints
 from proxy.logs import get_logger
 from proxy.sse import SSEDecoder
-from proxy.state import NotServingError, Readiness, wait_until_serving
+from proxy.state import NotServingError, Phase, Readiness, wait_until_serving
 
 __all__ = [
+    "DOWNLOAD_GRACE",
+    "STARTUP_WAIT",
     "ProxyClient",
     "ProxyUnavailableError",
     "PublicError",
@@ -42,9 +56,21 @@ log = get_logger(__name__)
 T = TypeVar("T")
 StreamCallback = Callable[[str], object]
 
+STARTUP_WAIT = 120.0
+"""At most how long :meth:`ProxyClient.wait_started` waits (and READY_TIMEOUT when shorter): far
+below UbiOps' default request timeout of 300 s, which includes the cold start."""
+DOWNLOAD_GRACE = 10.0
+"""How long :meth:`ProxyClient.wait_started` keeps waiting once a model is being downloaded: a
+short pull is waited for, a long one is not."""
+
 _ENDPOINTS = ubiops_endpoints()
+_CHAT_PATH = "/v1/chat/completions"
+_USAGE_OPTION = b'"stream_options":{"include_usage":true},'
+_DOWNLOADING = "pulling"
 _READY_PROBE_TIMEOUT = aiohttp.ClientTimeout(total=5.0)
 _PROBE_ERRORS = (aiohttp.ClientError, TimeoutError, ValueError)
+_STALE_CONNECTION = aiohttp.ClientOSError
+"""What writing to a pooled connection the proxy closed raises ("Can not write request body")."""
 _CONNECT_TIMEOUT = 10.0
 _REDACTED = "[redacted]"
 
@@ -74,15 +100,27 @@ def choose_endpoint(body: bytes) -> Endpoint:
 
     A payload that is not a JSON object goes to the first endpoint, whose answer says why.
     """
+    return _prepare(body)[0]
+
+
+def _prepare(body: bytes) -> tuple[Endpoint, bytes]:
+    """The endpoint and the body to send it: as it came, or with usage asked for (module doc)."""
     try:
         payload = json.loads(body)
     except (ValueError, RecursionError):
         payload = None
-    if isinstance(payload, dict):
-        for endpoint in _ENDPOINTS:
-            if endpoint.ubiops_field in payload:
-                return endpoint
-    return _ENDPOINTS[0]
+    if not isinstance(payload, dict):
+        return _ENDPOINTS[0], body
+    endpoint = next((e for e in _ENDPOINTS if e.ubiops_field in payload), _ENDPOINTS[0])
+    if (
+        endpoint.path == _CHAT_PATH
+        and payload.get("stream") is True
+        and "stream_options" not in payload
+    ):
+        start = len(body) - len(body.lstrip())
+        if body[start : start + 1] == b"{":
+            body = body[: start + 1] + _USAGE_OPTION + body[start + 1 :]
+    return endpoint, body
 
 
 class ProxyClient:
@@ -103,6 +141,8 @@ class ProxyClient:
         self._loop = asyncio.new_event_loop()
         self._session: aiohttp.ClientSession | None = None
         self._closed = False
+        self._check: Callable[[], None] | None = None
+        self._served = False
 
     def wait_ready(self, check: Callable[[], None] | None = None) -> None:
         """Block until the proxy serves, polling ``/readyz`` with a capped backoff.
@@ -128,6 +168,47 @@ class ProxyClient:
                 else f"The model server did not become ready within {limit:g} s "
                 f"(READY_TIMEOUT); last status: {exc.last}. See the deployment logs."
             ) from None
+
+    def wait_started(self, check: Callable[[], None] | None = None) -> str:
+        """Block while starting up is quick; return how it ended, as one line for the log.
+
+        Polls ``/readyz`` (as :meth:`wait_ready`) until the proxy serves, or models have been
+        downloading for :data:`DOWNLOAD_GRACE` (a pull can take longer than any request may
+        wait), or ``min(READY_TIMEOUT, STARTUP_WAIT)`` passed. Requests that come before the
+        proxy serves fail at once with the reason (:meth:`forward`). ``check`` is also called
+        before each such request.
+
+        Raises:
+            ProxyUnavailableError: Ollama failed for good.
+        """
+        self._check = check
+        limit = min(self._settings.ready_timeout, STARTUP_WAIT)
+        log.info("waiting for the proxy to start", url=self._base_url, up_to_s=limit)
+        downloading_since: float | None = None
+
+        async def probe() -> Readiness:
+            nonlocal downloading_since
+            readiness = await self._probe(check)
+            if readiness.serving or not _downloading(readiness):
+                downloading_since = None
+            elif downloading_since is None:
+                downloading_since = time.monotonic()
+            elif time.monotonic() - downloading_since >= DOWNLOAD_GRACE:
+                raise _Downloading(readiness)
+            return readiness
+
+        try:
+            self._run(wait_until_serving(probe, within=limit, unreachable=_PROBE_ERRORS))
+        except _Downloading as downloading:
+            return f"models are being downloaded: {downloading.readiness.summary()}"
+        except NotServingError as exc:
+            if exc.gave_up:
+                raise ProxyUnavailableError(
+                    f"The model server cannot start: {exc.last}. See the deployment logs."
+                ) from None
+            return f"not serving after {limit:g} s: {exc.last}"
+        self._served = True
+        return "serving"
 
     def forward(self, data: object, streaming_update: StreamCallback | None = None) -> str:
         """Send one UbiOps request to the proxy and return the answer as JSON text.
@@ -183,15 +264,52 @@ class ProxyClient:
         async with self._get_session().get("/readyz", timeout=_READY_PROBE_TIMEOUT) as resp:
             return Readiness.from_json(await resp.json(content_type=None))
 
+    async def _starting(self) -> None:
+        """Until the proxy was seen serving: fail at once, saying why, unless it serves now."""
+        try:
+            readiness = await self._probe(self._check)
+        except _PROBE_ERRORS:
+            raise ProxyUnavailableError(
+                "The model server is starting and does not answer yet; retry in a few seconds."
+            ) from None
+        except Exception as exc:  # ``check`` says the proxy will not run (the launcher gave up)
+            raise ProxyUnavailableError(
+                f"The model server cannot start: {exc}. See the deployment logs."
+            ) from None
+        if readiness.serving:
+            self._served = True
+            return
+        if readiness.gave_up:
+            raise ProxyUnavailableError(
+                f"The model server cannot start: {readiness.reason or readiness.phase}. "
+                "See the deployment logs."
+            )
+        reason = f"{readiness.phase}: {readiness.reason}" if readiness.reason else readiness.phase
+        if readiness.phase not in (Phase.STARTING, Phase.PULLING):
+            raise ProxyUnavailableError(
+                f"The model server does not serve ({reason}). See the deployment logs."
+            )
+        when = "in a minute (models are being downloaded)" if _downloading(readiness) else "shortly"
+        raise ProxyUnavailableError(f"The model server is starting ({reason}); retry {when}.")
+
     async def _forward(self, body: bytes, streaming_update: StreamCallback | None) -> str:
+        if not self._served:
+            await self._starting()
         session = self._get_session()
-        path = choose_endpoint(body).path
+        endpoint, body = _prepare(body)
+        path = endpoint.path
         for attempt in (1, 2):
             try:
                 resp = await session.post(path, data=body)
                 break
-            except aiohttp.ServerDisconnectedError:
-                # A pooled connection the proxy closed (it restarted): once more, fresh.
+            except (aiohttp.ServerDisconnectedError, _STALE_CONNECTION) as exc:
+                # A pooled connection the proxy closed (it restarted): once more, fresh. (Not a
+                # refused connection: that is a ClientConnectorError, reported below.)
+                if isinstance(exc, aiohttp.ClientConnectorError):
+                    raise ProxyUnavailableError(
+                        f"The model server at {self._base_url} is not reachable "
+                        f"({_describe(exc)}); it may be restarting, retry in a few seconds."
+                    ) from None
                 if attempt == 2:
                     raise ProxyUnavailableError(
                         "The model server closed the connection without answering (it may be "
@@ -214,6 +332,22 @@ class ProxyClient:
                     f"The connection to the model server was lost while it answered "
                     f"({_describe(e)}); the answer is incomplete. Retry the request."
                 ) from None
+
+
+class _Downloading(Exception):
+    """Ends :meth:`ProxyClient.wait_started`: a model is being downloaded."""
+
+    def __init__(self, readiness: Readiness) -> None:
+        super().__init__(readiness.summary())
+        self.readiness = readiness
+
+
+def _downloading(readiness: Readiness) -> bool:
+    """Whether a model is being pulled, per the readiness document's model states."""
+    models = readiness.details.get("models")
+    if not isinstance(models, dict):
+        return False
+    return any(isinstance(m, dict) and m.get("state") == _DOWNLOADING for m in models.values())
 
 
 async def _relay_events(

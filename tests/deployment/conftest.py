@@ -27,6 +27,8 @@ class FakeProxy:
     routes: dict[tuple[str, str], Handler] = field(default_factory=dict)
     seen: list[tuple[str, str, bytes, dict[str, str]]] = field(default_factory=list)
     connections: set[int] = field(default_factory=set)
+    stop: Callable[[], None] = lambda: None
+    """Stop listening (the port then refuses connections)."""
 
     @property
     def url(self) -> str:
@@ -59,12 +61,17 @@ def fake_proxy() -> Iterator[FakeProxy]:
         runner_box.append(runner)
         started.set()
 
+    def stop() -> None:
+        if runner_box:
+            asyncio.run_coroutine_threadsafe(runner_box.pop().cleanup(), loop).result(10)
+
     thread = threading.Thread(target=loop.run_forever, daemon=True)
     thread.start()
     asyncio.run_coroutine_threadsafe(serve(), loop).result(10)
     assert started.wait(10)
+    proxy.stop = stop
     yield proxy
-    asyncio.run_coroutine_threadsafe(runner_box[0].cleanup(), loop).result(10)
+    stop()
     loop.call_soon_threadsafe(loop.stop)
     thread.join(10)
     loop.close()
