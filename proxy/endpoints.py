@@ -20,6 +20,7 @@ __all__ = [
     "Api",
     "Endpoint",
     "Field",
+    "Framing",
     "Serves",
     "api_of",
     "endpoint_for",
@@ -31,8 +32,22 @@ class Api(enum.Enum):
     """Which API an endpoint belongs to, and so the shape of its errors."""
 
     OPENAI = "openai"
+    ANTHROPIC = "anthropic"
     OLLAMA = "ollama"
     PLAIN = "plain"
+
+
+class Framing(enum.Enum):
+    """How a streamed answer is framed, which says how it ends and how it reports an error."""
+
+    SSE = "sse"
+    """OpenAI chat and completions: ``data:`` events, ending with ``data: [DONE]``."""
+    SSE_RESPONSES = "sse-responses"
+    """OpenAI Responses: named events, ending with ``response.completed`` (or failed)."""
+    SSE_ANTHROPIC = "sse-anthropic"
+    """Anthropic Messages: named events, ending with ``message_stop``."""
+    NDJSON = "ndjson"
+    """Ollama: one JSON object per line, the last one ``"done": true``."""
 
 
 class Serves(enum.Enum):
@@ -50,6 +65,8 @@ class Serves(enum.Enum):
     """Forward as is (quick metadata)."""
     MANAGEMENT = "management"
     """Forward untouched, admin key only."""
+    REFUSED = "refused"
+    """An ollama.com account or cloud feature: refused, never forwarded."""
     ROOT = "root"
     """Answer like Ollama's ``/``."""
     HEALTH = "health"
@@ -84,6 +101,7 @@ class Endpoint:
         name_fields: the fields that may carry the model name, in order of precedence.
         ubiops_field: the payload field by which a UbiOps request picks this endpoint.
         open: served without an API key (orchestrator probes).
+        events: how its server-sent events are framed, when it streams them.
     """
 
     method: str
@@ -96,6 +114,7 @@ class Endpoint:
     name_fields: tuple[str, ...] = ("model",)
     ubiops_field: str | None = None
     open: bool = False
+    events: Framing = Framing.SSE
 
     @property
     def guarded(self) -> bool:
@@ -114,9 +133,18 @@ def _inference(
     stream_default: bool | None,
     *fields: Field,
     ubiops_field: str | None = None,
+    events: Framing = Framing.SSE,
 ) -> Endpoint:
     return Endpoint(
-        "POST", path, api, Serves.INFERENCE, kind, stream_default, fields, ubiops_field=ubiops_field
+        "POST",
+        path,
+        api,
+        Serves.INFERENCE,
+        kind,
+        stream_default,
+        fields,
+        ubiops_field=ubiops_field,
+        events=events,
     )
 
 
@@ -152,8 +180,29 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         Field("input", _TEXT_OR_LIST, required=True),
         ubiops_field="input",
     ),
+    _inference(
+        "/v1/responses",
+        Api.OPENAI,
+        ModelKind.CHAT,
+        False,
+        Field("input", _TEXT_OR_LIST, required=True),
+        _STREAM,
+        ubiops_field="input",
+        events=Framing.SSE_RESPONSES,
+    ),
     Endpoint("GET", "/v1/models", Api.OPENAI, Serves.MODEL_LIST),
     Endpoint("GET", "/v1/models/{model:.+}", Api.OPENAI, Serves.MODEL_GET),
+    # Anthropic
+    _inference(
+        "/v1/messages",
+        Api.ANTHROPIC,
+        ModelKind.CHAT,
+        False,
+        Field("messages", (list,), required=True),
+        _STREAM,
+        ubiops_field="messages",
+        events=Framing.SSE_ANTHROPIC,
+    ),
     # Ollama
     Endpoint("GET", "/", Api.OLLAMA, Serves.ROOT),
     _inference("/api/chat", Api.OLLAMA, ModelKind.CHAT, True, Field("messages", (list,)), _STREAM),
@@ -170,6 +219,13 @@ ENDPOINTS: tuple[Endpoint, ...] = (
     _management("/api/create"),
     _management("/api/copy"),
     _management("/api/blobs/{digest}"),
+    # ollama.com accounts and cloud features: never forwarded
+    Endpoint("POST", "/api/me", Api.OLLAMA, Serves.REFUSED),
+    Endpoint("POST", "/api/signout", Api.OLLAMA, Serves.REFUSED),
+    Endpoint("DELETE", "/api/user/keys/{key}", Api.OLLAMA, Serves.REFUSED),
+    Endpoint("POST", "/api/experimental/web_search", Api.OLLAMA, Serves.REFUSED),
+    Endpoint("POST", "/api/experimental/web_fetch", Api.OLLAMA, Serves.REFUSED),
+    Endpoint("GET", "/api/experimental/model-recommendations", Api.OLLAMA, Serves.REFUSED),
     # Operations
     Endpoint("GET", "/healthz", Api.PLAIN, Serves.HEALTH, open=True),
     Endpoint("GET", "/readyz", Api.PLAIN, Serves.READINESS, open=True),
@@ -190,5 +246,6 @@ def api_of(path: str) -> Api:
 
 
 def ubiops_endpoints() -> tuple[Endpoint, ...]:
-    """The endpoints a UbiOps request can reach, in the order their fields are looked for."""
+    """The endpoints a UbiOps request can reach, in the order their fields are looked for
+    (where two share a field, the first is the default: see :mod:`proxy.client`)."""
     return tuple(endpoint for endpoint in ENDPOINTS if endpoint.ubiops_field is not None)

@@ -13,19 +13,17 @@ NDJSON line).
 
 from __future__ import annotations
 
-import enum
 import json
 from collections.abc import Mapping
 from typing import Any
 
 from aiohttp import web
 
-from proxy.endpoints import Api
+from proxy.endpoints import Api, Framing
 
 __all__ = [
     "AuthenticationError",
     "BadRequestError",
-    "Framing",
     "HTTPStatusError",
     "InternalError",
     "ModelNotFoundError",
@@ -45,13 +43,6 @@ __all__ = [
 ]
 
 _JSON = "application/json"
-
-
-class Framing(enum.Enum):
-    """How a streamed response body is framed."""
-
-    SSE = "sse"
-    NDJSON = "ndjson"
 
 
 class ProxyError(Exception):
@@ -199,20 +190,43 @@ def error_body(
     api: Api,
     message: str,
     *,
+    status: int = 500,
     openai_type: str = "api_error",
     param: str | None = None,
     code: str | None = None,
 ) -> dict[str, Any]:
-    """The JSON error document of ``api``."""
+    """The JSON error document of ``api`` for an error of HTTP ``status``."""
     if api is Api.OPENAI:
         return {"error": {"message": message, "type": openai_type, "param": param, "code": code}}
+    if api is Api.ANTHROPIC:
+        default = "invalid_request_error" if status < 500 else "api_error"
+        kind = _ANTHROPIC_TYPES.get(status, default)
+        return {"type": "error", "error": {"type": kind, "message": message}}
     return {"error": message}
+
+
+_ANTHROPIC_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    413: "request_too_large",
+    429: "rate_limit_error",
+    503: "overloaded_error",
+    529: "overloaded_error",
+}
+"""Anthropic's error type for each status it documents; others by class (4xx, 5xx)."""
 
 
 def error_response(error: ProxyError, api: Api) -> web.Response:
     """The complete HTTP response for ``error`` in ``api``'s shape."""
     body = error_body(
-        api, error.message, openai_type=error.openai_type, param=error.param, code=error.code
+        api,
+        error.message,
+        status=error.status,
+        openai_type=error.openai_type,
+        param=error.param,
+        code=error.code,
     )
     response = web.Response(
         body=json.dumps(body).encode(),
@@ -236,13 +250,24 @@ async def send_and_close(request: web.Request, response: web.StreamResponse) -> 
 
 
 def stream_error_frame(framing: Framing, message: str, *, code: str = "upstream_error") -> bytes:
-    """An error in the framing of a stream that has already started.
+    """An error in the framing of a stream that has already started, one a stock client raises.
 
-    SSE gets a ``data:`` event whose JSON has an ``error`` object (the openai client raises
-    ``APIError`` on it); NDJSON gets an ``{"error": ...}`` line (the ollama client raises
-    ``ResponseError``).
+    * OpenAI chat and completions: a ``data:`` event whose JSON has an ``error`` object (the
+      openai client raises ``APIError`` on it);
+    * OpenAI Responses: an ``error`` event with Responses' fields (``type``, ``code``,
+      ``message``, ``param``) and an ``error`` object, on which the openai client raises;
+    * Anthropic Messages: an ``error`` event in Anthropic's error shape (the anthropic client
+      raises on it);
+    * NDJSON: an ``{"error": ...}`` line (the ollama client raises ``ResponseError``).
     """
+    if framing is Framing.NDJSON:
+        return json.dumps({"error": message}).encode() + b"\n"
+    openai = error_body(Api.OPENAI, message, openai_type="api_error", code=code)
     if framing is Framing.SSE:
-        body = error_body(Api.OPENAI, message, openai_type="api_error", code=code)
-        return b"data: " + json.dumps(body).encode() + b"\n\n"
-    return json.dumps({"error": message}).encode() + b"\n"
+        return b"data: " + json.dumps(openai).encode() + b"\n\n"
+    if framing is Framing.SSE_RESPONSES:
+        data: dict[str, Any] = {"type": "error", "code": code, "message": message, "param": None}
+        data.update(openai)
+    else:
+        data = error_body(Api.ANTHROPIC, message, status=500)
+    return b"event: error\ndata: " + json.dumps(data).encode() + b"\n\n"

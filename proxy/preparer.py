@@ -17,7 +17,7 @@ import tenacity
 from tenacity.stop import stop_base
 from tenacity.wait import wait_base
 
-from proxy.catalog import Model, name_key
+from proxy.catalog import Model, ModelKind, name_key
 from proxy.logs import get_logger
 from proxy.ollama import describe_error, get_field
 from proxy.pulls import (
@@ -31,7 +31,15 @@ from proxy.pulls import (
 )
 from proxy.state import InstanceState, ModelStatus
 
-__all__ = ["ModelPreparer", "PullObserver", "WarmError", "list_present", "warm_model"]
+__all__ = [
+    "MisconfiguredError",
+    "ModelPreparer",
+    "PullObserver",
+    "WarmError",
+    "check_capabilities",
+    "list_present",
+    "warm_model",
+]
 
 LIST_TIMEOUT = 30.0
 """``GET /api/tags`` may take this long (seconds)."""
@@ -67,6 +75,46 @@ async def list_present(session: aiohttp.ClientSession, base_url: str) -> set[str
                 if isinstance(entry.get(field), str):
                     present.add(name_key(entry[field]))
     return present
+
+
+class MisconfiguredError(Exception):
+    """A model is configured as a kind that Ollama says it cannot serve."""
+
+
+_NEEDED_CAPABILITY = {ModelKind.CHAT: "completion", ModelKind.EMBEDDING: "embedding"}
+_KIND_VARIABLE = {
+    ModelKind.CHAT: "OLLAMA_CHAT_MODELS",
+    ModelKind.EMBEDDING: "OLLAMA_EMBEDDING_MODELS",
+}
+
+
+async def check_capabilities(session: aiohttp.ClientSession, base_url: str, model: Model) -> None:
+    """Ask Ollama (``/api/show``) what ``model`` can do and check it fits the configured kind.
+
+    An Ollama that does not report capabilities (before 0.6) is taken at its word.
+
+    Raises:
+        MisconfiguredError: a chat model that cannot generate, or an embedding model that
+            cannot embed.
+        aiohttp.ClientError, TimeoutError, ValueError: Ollama did not answer sensibly.
+    """
+    timeout = aiohttp.ClientTimeout(total=LIST_TIMEOUT)
+    async with session.post(
+        f"{base_url}/api/show", json={"model": model.tag}, timeout=timeout
+    ) as response:
+        if response.status != 200:
+            raise ValueError(f"POST /api/show answered HTTP {response.status}")
+        details = await response.json(content_type=None)
+    capabilities = details.get("capabilities") if isinstance(details, dict) else None
+    if not isinstance(capabilities, list):
+        return
+    needed = _NEEDED_CAPABILITY[model.kind]
+    if needed not in capabilities:
+        can = ", ".join(map(str, capabilities)) or "nothing"
+        raise MisconfiguredError(
+            f"{model.configured_as} is listed in {_KIND_VARIABLE[model.kind]}, but Ollama says "
+            f"it cannot do {needed} (it can do: {can}); list it under the other kind"
+        )
 
 
 async def warm_model(session: aiohttp.ClientSession, base_url: str, model: Model) -> float:
@@ -171,6 +219,7 @@ class ModelPreparer:
             else:
                 async with pull_slots:
                     await self._pull(tag)
+            await check_capabilities(self._session, self._base_url, model)
             self._state.set_model(tag, ModelStatus.PRESENT)
             if self._warm:
                 async with warm_slot:
@@ -181,6 +230,9 @@ class ModelPreparer:
         except PullError as exc:
             log.error("model pull failed", model=tag, error=exc.message)
             self._state.set_model(tag, ModelStatus.FAILED, reason=f"pull failed: {exc.message}")
+        except MisconfiguredError as exc:
+            log.error("model misconfigured", model=tag, error=str(exc))
+            self._state.set_model(tag, ModelStatus.FAILED, reason=str(exc), misconfigured=True)
         except WarmError as exc:
             log.error("model load failed", model=tag, error=str(exc))
             self._state.set_model(tag, ModelStatus.FAILED, reason=f"load failed: {exc}")

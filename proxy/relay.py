@@ -35,7 +35,8 @@ from aiohttp import web
 
 from proxy.access_log import Exchange
 from proxy.appkeys import SETTINGS
-from proxy.errors import Framing, stream_error_frame
+from proxy.endpoints import Framing
+from proxy.errors import stream_error_frame
 from proxy.logs import get_logger
 from proxy.upstream import connection_failure, timeout_error, unreachable
 
@@ -49,6 +50,15 @@ _SSE_DONE = b"data: [DONE]"
 _TAIL = 64
 _STALL_CHECKS = 4
 """How many times per ``PROXY_CLIENT_TIMEOUT`` a pending write is looked at."""
+_LAST_EVENTS = {
+    Framing.SSE_RESPONSES: frozenset(
+        {b"response.completed", b"response.failed", b"response.incomplete", b"error"}
+    ),
+    Framing.SSE_ANTHROPIC: frozenset({b"message_stop", b"error"}),
+}
+"""The events a stream of named events may properly end with, by framing."""
+_EVENT = b"\nevent:"
+"""An ``event:`` line: only at a line's start (JSON data never holds a raw newline)."""
 
 
 async def relay(
@@ -57,13 +67,15 @@ async def relay(
     exchange: Exchange,
     *,
     client_timeout: aiohttp.ClientTimeout,
+    events: Framing = Framing.SSE,
     check_end: bool = True,
 ) -> web.StreamResponse:
     """Relay ``upstream`` (headers read) to the client; always releases or closes ``upstream``.
 
     SSE and NDJSON bodies are relayed as streams; anything else keeps its status, content type
-    and length. ``check_end`` enables the truncation check for streams (model routes: on; pulls,
-    whose NDJSON has no ``done`` line: off).
+    and length. ``events`` says how the endpoint frames its server-sent events (how they end,
+    how an error is reported). ``check_end`` enables the truncation check for streams (model
+    routes: on; pulls, whose NDJSON has no ``done`` line: off).
 
     Raises:
         UpstreamTimeoutError: Ollama went silent before the first piece.
@@ -71,7 +83,7 @@ async def relay(
     """
     content_type = upstream.headers.get("Content-Type", "application/octet-stream")
     if content_type.startswith(_SSE):
-        framing: Framing | None = Framing.SSE
+        framing: Framing | None = events
     elif content_type.startswith(_NDJSON):
         framing = Framing.NDJSON
     else:
@@ -85,6 +97,7 @@ async def relay(
     if framing is None and upstream.content_length is not None:
         response.content_length = upstream.content_length
     watch = _StallWatch(request, exchange, request.app[SETTINGS].proxy_client_timeout)
+    named = _LastEvent() if framing in _LAST_EVENTS else None
     failure: str | None = None
     prev = last = b""
     chunks = size = 0
@@ -102,6 +115,8 @@ async def relay(
             size += len(chunk)
             prev = last
             last = chunk
+            if named is not None:
+                named.feed(chunk)
             try:
                 chunk = await readany()
             except TimeoutError:
@@ -113,7 +128,10 @@ async def relay(
                 failure = f"the connection to Ollama failed mid-stream: {connection_failure(exc)}"
                 break
         if failure is None and check_end and framing is not None:
-            failure = _incomplete_end(framing, prev, last)
+            if named is not None:
+                failure = named.incomplete(_LAST_EVENTS[framing])
+            else:
+                failure = _incomplete_end(framing, prev, last)
         if failure is None:
             upstream.release()
             await response.write_eof()
@@ -196,6 +214,35 @@ async def _read_uncommitted(
     except BaseException:
         upstream.close()
         raise
+
+
+class _LastEvent:
+    """The name of the last ``event:`` line of a stream, seen piece by piece.
+
+    A line cut between two pieces is found on the next one: a short tail of each piece is kept.
+    """
+
+    __slots__ = ("_tail", "name")
+
+    def __init__(self) -> None:
+        self._tail = b"\n"  # the stream's start is a line's start
+        self.name: bytes | None = None
+
+    def feed(self, chunk: bytes) -> None:
+        data = self._tail + chunk
+        start = data.rfind(_EVENT)
+        if start >= 0:
+            start += len(_EVENT)
+            end = data.find(b"\n", start)
+            if end >= 0:
+                self.name = data[start:end].strip()
+        self._tail = data[-_TAIL:]
+
+    def incomplete(self, proper_ends: frozenset[bytes]) -> str | None:
+        """Why the stream's end is not a proper one, or None when it is."""
+        if self.name in proper_ends:
+            return None
+        return "the stream from Ollama ended before its final event"
 
 
 def _incomplete_end(framing: Framing, prev: bytes, last: bytes) -> str | None:

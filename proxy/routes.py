@@ -101,7 +101,9 @@ def _model_route(endpoint: Endpoint) -> Handler:
                 headers=_JSON_HEADERS,
                 client_timeout=timeout,
             )
-            return await relay(request, response, exchange, client_timeout=timeout)
+            return await relay(
+                request, response, exchange, client_timeout=timeout, events=endpoint.events
+            )
 
     return handler
 
@@ -244,6 +246,16 @@ def _management(_endpoint: Endpoint) -> Handler:
     return handler
 
 
+def _refused(_endpoint: Endpoint) -> Handler:
+    async def handler(request: web.Request) -> web.StreamResponse:
+        raise PermissionDeniedError(
+            f"{request.path} is an ollama.com account or cloud feature; this server does not "
+            "offer it (nothing was forwarded)"
+        )
+
+    return handler
+
+
 def _fixed(answer: Callable[[web.Application], web.Response]) -> Callable[[Endpoint], Handler]:
     def make(_endpoint: Endpoint) -> Handler:
         async def handler(request: web.Request) -> web.StreamResponse:
@@ -278,6 +290,7 @@ _HANDLERS: Mapping[Serves, Callable[[Endpoint], Handler]] = {
     Serves.MODEL_GET: _model_get,
     Serves.PASSTHROUGH: _passthrough,
     Serves.MANAGEMENT: _management,
+    Serves.REFUSED: _refused,
     Serves.ROOT: _fixed(lambda _app: web.Response(text=_ROOT_TEXT)),
     Serves.HEALTH: _fixed(lambda _app: web.json_response({"status": "alive"})),
     Serves.READINESS: _readiness,

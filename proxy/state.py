@@ -9,8 +9,10 @@ only along :data:`OLLAMA_TRANSITIONS`; anything else is a bug and raises.
 :class:`Readiness` is the contract: ``/readyz`` serves it, the ``proxy_ready`` metric, ``python
 -m proxy check`` (the image's HEALTHCHECK) and the request processes' wait read it, with one
 rule for all of them: an instance is *serving* when Ollama is up, no model is still on its way,
-and at least one model can answer. A degraded instance (a model failed, the others serve)
-therefore counts as ready; requests for the failed model get 503 with its reason.
+no model is configured as a kind it cannot serve, and at least one model can answer. A degraded
+instance (a model failed, the others serve) therefore counts as ready; requests for the failed
+model get 503 with its reason. A misconfigured model is the operator's mistake: it keeps the
+instance from serving (and its readiness says it gave up) until the configuration is fixed.
 """
 
 from __future__ import annotations
@@ -105,6 +107,7 @@ class ModelState:
     status: ModelStatus = ModelStatus.PENDING
     reason: str | None = None
     progress: float | None = None
+    misconfigured: bool = False
 
     def as_json(self) -> dict[str, Any]:
         data: dict[str, Any] = {"kind": str(self.kind), "state": str(self.status)}
@@ -122,7 +125,8 @@ class Readiness:
     Attributes:
         phase: the derived phase.
         serving: requests are taken (the one rule; see the module doc).
-        gave_up: Ollama failed for good: waiting will not make the instance serve.
+        gave_up: Ollama failed for good, or a model is configured as a kind it cannot serve:
+            waiting will not make the instance serve.
         reason: why it is not serving, or what is degraded; None when all is well.
         details: Ollama's and each model's state, as ``/readyz`` shows them.
     """
@@ -206,7 +210,7 @@ class InstanceState:
     @property
     def serving(self) -> bool:
         """Whether the instance takes requests (:class:`Readiness` ``serving``)."""
-        if self._stopping or self._ollama is not OllamaStatus.UP:
+        if self._stopping or self._ollama is not OllamaStatus.UP or self._misconfigured():
             return False
         statuses = [m.status for m in self._models.values()]
         settled = {self._settled, ModelStatus.READY, ModelStatus.FAILED}
@@ -233,10 +237,17 @@ class InstanceState:
         status: ModelStatus,
         reason: str | None = None,
         progress: float | None = None,
+        *,
+        misconfigured: bool = False,
     ) -> None:
-        """Record a model's status (owned by the pull and warm-up workers)."""
+        """Record a model's status (owned by the pull and warm-up workers).
+
+        A model ``misconfigured`` (configured as a kind it cannot serve) keeps the whole instance
+        from serving until the configuration is fixed: it is an operator's mistake, not a fault.
+        """
         model = self._models[tag]
         model.status, model.reason, model.progress = status, reason, progress
+        model.misconfigured = misconfigured
         self._update()
 
     def set_stopping(self) -> None:
@@ -277,13 +288,16 @@ class InstanceState:
         return Readiness(
             phase=self._phase,
             serving=self.serving,
-            gave_up=self._ollama is OllamaStatus.FAILED,
+            gave_up=self._ollama is OllamaStatus.FAILED or self._misconfigured(),
             reason=self._reason(),
             details={
                 "ollama": ollama,
                 "models": {tag: m.as_json() for tag, m in self._models.items()},
             },
         )
+
+    def _misconfigured(self) -> bool:
+        return any(m.misconfigured for m in self._models.values())
 
     def _reason(self) -> str | None:
         if self._stopping:

@@ -6,8 +6,9 @@ import json
 
 import pytest
 
-from proxy.errors import Framing, stream_error_frame
-from proxy.relay import _incomplete_end, _terminate
+from proxy.endpoints import Framing
+from proxy.errors import stream_error_frame
+from proxy.relay import _LAST_EVENTS, _incomplete_end, _LastEvent, _terminate
 
 DONE_LINE = b'{"model":"m","done":true,"done_reason":"stop"}\n'
 PART_LINE = b'{"model":"m","response":"x","done":false}\n'
@@ -75,3 +76,28 @@ def test_error_frames() -> None:
         "code": "upstream_error",
     }
     assert stream_error_frame(Framing.NDJSON, "cut") == b'{"error": "cut"}\n'
+
+
+ANTHROPIC_END = (
+    b'event: content_block_delta\ndata: {"delta":{"text":"event: not a line start"}}\n\n'
+    b'event: message_delta\ndata: {"delta":{}}\n\n'
+    b'event: message_stop\ndata: {"type":"message_stop"}\n\n'
+)
+
+
+@pytest.mark.parametrize("size", [1, 7, 64, len(ANTHROPIC_END)])
+def test_the_last_named_event_is_found_however_the_stream_is_cut(size: int) -> None:
+    last = _LastEvent()
+    for i in range(0, len(ANTHROPIC_END), size):
+        last.feed(ANTHROPIC_END[i : i + size])
+    assert last.name == b"message_stop"
+    assert last.incomplete(_LAST_EVENTS[Framing.SSE_ANTHROPIC]) is None
+
+
+def test_event_text_inside_data_is_not_an_event() -> None:
+    last = _LastEvent()
+    last.feed(
+        b'event: response.output_text.delta\ndata: {"delta":"\\nevent: response.completed"}\n\n'
+    )
+    assert last.name == b"response.output_text.delta"
+    assert last.incomplete(_LAST_EVENTS[Framing.SSE_RESPONSES]) is not None

@@ -74,7 +74,16 @@ MODEL_ROUTES: dict[str, dict[str, Any]] = {
     "/api/embed": {"model": EMBED, "input": "a"},
     "/api/embeddings": {"model": EMBED, "prompt": "a"},
     "/api/show": {"model": CHAT},
+    "/v1/responses": {"model": CHAT, "input": "hi", "stream": True},
+    "/v1/messages": {
+        "model": CHAT_ALIAS,
+        "max_tokens": 20,
+        "messages": user_messages("hi"),
+        "stream": True,
+    },
 }
+LAST_EVENTS = {"/v1/responses": "response.completed", "/v1/messages": "message_stop"}
+"""The event a stream of named events ends with, by route."""
 GET_ROUTES = ("/v1/models", "/api/tags", "/api/ps", "/api/version", "/", "/healthz", "/readyz")
 MANAGEMENT_ROUTES = (
     "/api/pull",
@@ -192,6 +201,10 @@ def _openai_shaped(path: str) -> bool:
     return path == "/v1" or path.startswith("/v1/")
 
 
+def _anthropic_shaped(path: str) -> bool:
+    return unquote(path.split("?", 1)[0]) == "/v1/messages"
+
+
 def check_answer(path: str, response: RawResponse, *, protocol_ok: bool = False) -> str:
     """The property every answer must hold; returns a short outcome label."""
     text = response.body.decode(errors="replace")
@@ -211,14 +224,20 @@ def check_answer(path: str, response: RawResponse, *, protocol_ok: bool = False)
         return "protocol-400"
     body = response.json()
     assert isinstance(body, dict), body
-    assert set(body) == {"error"}, body
-    if _openai_shaped(path):
+    if _anthropic_shaped(path):
+        assert {"type", "error"} <= set(body) <= {"type", "error", "request_id"}, body
+        assert body["type"] == "error", body
+        assert set(body["error"]) == {"type", "message"}, body
+        assert body["error"]["message"], body
+    elif _openai_shaped(path):
+        assert set(body) == {"error"}, body
         error = body["error"]
         assert isinstance(error, dict), f"{path}: OpenAI error shape expected: {body}"
         assert isinstance(error.get("message"), str), body
         assert error["message"], body
         assert {"message", "type"} <= set(error), body
     else:
+        assert set(body) == {"error"}, body
         assert isinstance(body["error"], str), f"{path}: Ollama error shape expected: {body}"
         assert body["error"], body
     return str(response.status)
@@ -230,7 +249,11 @@ def _check_success(path: str, content_type: str, raw: bytes) -> None:
         events = sse_data(raw)
         assert events, f"{path}: empty SSE stream"
         last = events[-1]
-        assert last == "[DONE]" or "error" in json.loads(last), f"{path}: stream end {last!r}"
+        if path in LAST_EVENTS:
+            kind = json.loads(last).get("type")
+            assert kind in (LAST_EVENTS[path], "error"), f"{path}: stream end {last[:200]!r}"
+        else:
+            assert last == "[DONE]" or "error" in json.loads(last), f"{path}: stream end {last!r}"
     elif content_type.startswith("application/x-ndjson"):
         lines = [json.loads(line) for line in raw.splitlines() if line.strip()]
         assert lines, f"{path}: empty NDJSON stream"

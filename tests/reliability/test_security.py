@@ -44,6 +44,8 @@ ROUTES: list[tuple[str, str]] = [
     ("POST", "/v1/chat/completions"),
     ("POST", "/v1/completions"),
     ("POST", "/v1/embeddings"),
+    ("POST", "/v1/responses"),
+    ("POST", "/v1/messages"),
     ("GET", "/v1/models"),
     ("GET", f"/v1/models/{CHAT}"),
     ("POST", "/api/chat"),
@@ -67,6 +69,14 @@ MANAGEMENT: list[tuple[str, str]] = [
     ("POST", "/api/copy"),
     ("POST", "/api/blobs/sha256:" + "0" * 64),
     ("HEAD", "/api/blobs/sha256:" + "0" * 64),
+]
+REFUSED: list[tuple[str, str]] = [
+    ("POST", "/api/me"),
+    ("POST", "/api/signout"),
+    ("DELETE", "/api/user/keys/abc"),
+    ("POST", "/api/experimental/web_search"),
+    ("POST", "/api/experimental/web_fetch"),
+    ("GET", "/api/experimental/model-recommendations"),
 ]
 OPEN = [("GET", "/healthz"), ("GET", "/readyz")]
 BAD_CREDENTIALS: dict[str, list[tuple[str, str]]] = {
@@ -102,7 +112,9 @@ def _status(proxy: ProxyProcess, method: str, path: str, headers: list[tuple[str
     if response.status == 401:
         assert response.headers.get("www-authenticate") == "Bearer"
         body = response.json()
-        if path.startswith("/v1/"):
+        if path == "/v1/messages":
+            assert body["error"]["type"] == "authentication_error", body
+        elif path.startswith("/v1/"):
             assert body["error"]["code"] == "invalid_api_key", body
         else:
             assert isinstance(body["error"], str), body
@@ -114,7 +126,7 @@ def test_every_route_without_the_key_is_401_except_health(
     main_proxy: ProxyProcess, credentials: str
 ) -> None:
     headers = BAD_CREDENTIALS[credentials]
-    for method, path in ROUTES + MANAGEMENT:
+    for method, path in ROUTES + MANAGEMENT + REFUSED:
         assert _status(main_proxy, method, path, headers) == 401, (credentials, method, path)
     for method, path in OPEN:
         assert _status(main_proxy, method, path, headers) == 200, (credentials, method, path)
@@ -129,6 +141,15 @@ def test_keys_work_where_they_should(main_proxy: ProxyProcess) -> None:
     ):
         assert _status(main_proxy, "GET", "/v1/models", headers) == 200, headers
         assert _status(main_proxy, "POST", "/api/embed", headers) == 200, headers
+
+
+def test_account_and_cloud_features_are_403_even_with_the_admin_key(
+    main_proxy: ProxyProcess,
+) -> None:
+    for method, path in REFUSED:
+        for key in (API_KEY, ADMIN_KEY):
+            status = _status(main_proxy, method, path, [("Authorization", f"Bearer {key}")])
+            assert status == 403, (method, path)
 
 
 def test_management_routes_are_403_even_with_the_api_key(main_proxy: ProxyProcess) -> None:

@@ -30,6 +30,8 @@ class FakeOllama:
         self.pull_scripts: dict[str, list[Handler]] = {}
         self.present: list[str] = []
         self.requests: list[tuple[str, dict[str, Any]]] = []
+        self.capabilities: dict[str, list[str]] = {}
+        """What /api/show says a model can do (default: completion, or embedding for emb*)."""
 
     async def tags(self, _request: web.Request) -> web.Response:
         return web.json_response({"models": [{"name": n, "model": n} for n in self.present]})
@@ -40,6 +42,11 @@ class FakeOllama:
         script = self.pull_scripts[body["model"]]
         handler = script.pop(0) if len(script) > 1 else script[0]
         return await handler(request)
+
+    async def show(self, request: web.Request) -> web.Response:
+        model = (await request.json())["model"]
+        default = ["embedding"] if model.startswith("emb") else ["completion"]
+        return web.json_response({"capabilities": self.capabilities.get(model, default)})
 
     async def load(self, request: web.Request) -> web.Response:
         body = await request.json()
@@ -96,10 +103,12 @@ class ProgressSpy(InstanceState):
         status: ModelStatus,
         reason: str | None = None,
         progress: float | None = None,
+        *,
+        misconfigured: bool = False,
     ) -> None:
         if status is ModelStatus.PULLING and progress is not None:
             self.progress.append(progress)
-        super().set_model(tag, status, reason, progress)
+        super().set_model(tag, status, reason, progress, misconfigured=misconfigured)
 
 
 @pytest.fixture
@@ -110,6 +119,7 @@ async def fake() -> AsyncIterator[tuple[FakeOllama, str, aiohttp.ClientSession]]
     app.router.add_post("/api/pull", ollama.pull)
     app.router.add_post("/api/generate", ollama.load)
     app.router.add_post("/api/embed", ollama.load)
+    app.router.add_post("/api/show", ollama.show)
     async with TestServer(app) as server, aiohttp.ClientSession(timeout=CLIENT_TIMEOUT) as session:
         yield ollama, str(server.make_url("")).rstrip("/"), session
 
@@ -222,7 +232,27 @@ async def test_no_warm_up_leaves_models_present(fake: Any) -> None:
     state = InstanceState(catalog, preload=False)
     await preparer(session, url, state, catalog, warm=False).run()
     assert state.models["a:latest"].status is ModelStatus.PRESENT
-    assert not [r for r in ollama.requests if r[0] != "pull"]
+    assert not [r for r in ollama.requests if r[0] not in ("pull", "/api/show")]
+
+
+async def test_a_model_of_the_wrong_kind_keeps_the_instance_from_serving(fake: Any) -> None:
+    ollama, url, session = fake
+    catalog = Catalog.parse("chatty", "notanembedder")
+    ollama.present = ["chatty:latest", "notanembedder:latest"]
+    ollama.capabilities = {"notanembedder:latest": ["completion", "tools"]}
+    state = InstanceState(catalog)
+    state.set_ollama(state.ollama_status.UP)
+    await preparer(session, url, state, catalog).run()
+    assert state.models["chatty:latest"].status is ModelStatus.READY
+    wrong = state.models["notanembedder:latest"]
+    assert wrong.status is ModelStatus.FAILED
+    assert wrong.reason == (
+        "notanembedder is listed in OLLAMA_EMBEDDING_MODELS, but Ollama says it cannot do "
+        "embedding (it can do: completion, tools); list it under the other kind"
+    )
+    readiness = state.readiness()
+    assert (readiness.serving, readiness.gave_up) == (False, True)
+    assert "notanembedder is listed in OLLAMA_EMBEDDING_MODELS" in (readiness.reason or "")
 
 
 async def test_progress_is_logged_at_a_sane_rate_and_reaches_the_state(fake: Any) -> None:
