@@ -1,0 +1,179 @@
+"""The deployment package with the real ``ollama``: through UbiOps' own local runner
+(``ubiops.utils.run_local``) and through the local instance emulation
+(:class:`~proxy.testing.ubiops_instance.UbiOpsInstance`), a real chat answer streamed via
+``streaming_update`` and a real embedding each way.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytest
+from openai.types import CreateEmbeddingResponse
+from openai.types.chat import ChatCompletionChunk
+from ubiops.utils import run_local
+
+from proxy.testing.harness import wait_until
+from proxy.testing.ubiops_instance import UbiOpsInstance
+from tests.real_ollama.support import (
+    CHAT_MODEL,
+    EMBEDDING_MODEL,
+    EXIT_TIMEOUT,
+    READY_TIMEOUT,
+    RealOllama,
+    real_env,
+)
+
+pytestmark = [
+    pytest.mark.real_ollama,
+    pytest.mark.slow,
+    pytest.mark.timeout(300, func_only=True),
+]
+
+PACKAGE_DIR = Path(__file__).resolve().parents[2] / "deployment_package"
+REQUEST_TIMEOUT = 120.0
+"""One request, a real generation included."""
+CHAT = {
+    "model": f"ubiops-deployment/ollama-multi-model-server/v1/{CHAT_MODEL}",
+    "messages": [{"role": "user", "content": "Why is the sky blue? Answer in one sentence."}],
+    "max_tokens": 24,
+    "stream": True,
+}
+EMBED = {"model": EMBEDDING_MODEL, "input": ["The cat sits on the mat", "A kitten on a rug"]}
+
+PROCESS_0 = textwrap.dedent(
+    """
+    import json, os, sys
+    from ubiops.utils import run_local
+    init = {"deployment": "ollama-multi-model-server", "version": "v1", "process_id": 0,
+            "input_type": "plain", "output_type": "plain"}
+    chunks = []
+    request = {"id": "r0", "request_mode": "express", "streaming_update": chunks.append}
+    output = run_local(sys.argv[1], sys.argv[2], init_context=init, request_context=request)
+    with open(sys.argv[3] + ".tmp", "w") as result:
+        json.dump({"output": output, "chunks": chunks}, result)
+    os.replace(sys.argv[3] + ".tmp", sys.argv[3])
+    sys.stdin.readline()
+    """
+)
+
+
+def _init(process_id: int) -> dict[str, Any]:
+    return {
+        "deployment": "ollama-multi-model-server",
+        "version": "v1",
+        "process_id": process_id,
+        "input_type": "plain",
+        "output_type": "plain",
+    }
+
+
+def _assert_real_stream(chunks: Sequence[str]) -> None:
+    """Several ``chat.completion.chunk`` updates whose text is words."""
+    parsed = [ChatCompletionChunk.model_validate_json(text) for text in chunks]
+    text = "".join(c.choices[0].delta.content or "" for c in parsed if c.choices)
+    assert len([c for c in parsed if c.choices and c.choices[0].delta.content]) > 1, chunks
+    assert any(word.isalpha() for word in text.replace(",", " ").replace(".", " ").split()), text
+    assert all(c.object == "chat.completion.chunk" for c in parsed)
+
+
+def _assert_real_embedding(output: str) -> None:
+    embedding = CreateEmbeddingResponse.model_validate_json(output)
+    assert [len(item.embedding) for item in embedding.data] == [384, 384]
+
+
+def _gone(process: psutil.Process) -> bool:
+    try:
+        return process.status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
+def test_run_local_streams_a_real_answer(
+    real_ollama: RealOllama, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    env = real_env(real_ollama, tmp_path, LOG_FORMAT="console")
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    result_file = tmp_path / "process-0.json"
+    embedded: list[Any] = []
+
+    def embed() -> None:  # process 1: waits for process 0's proxy, then embeds
+        try:
+            embedded.append(run_local(str(PACKAGE_DIR), json.dumps(EMBED), init_context=_init(1)))
+        except Exception as exc:
+            embedded.append(exc)
+
+    with (tmp_path / "process-0.log").open("w") as log:
+        process_0 = subprocess.Popen(
+            [sys.executable, "-c", PROCESS_0, str(PACKAGE_DIR), json.dumps(CHAT), str(result_file)],
+            stdin=subprocess.PIPE,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, **env},
+            text=True,
+        )
+        tree: list[psutil.Process] = []
+        try:
+            thread = threading.Thread(target=embed)
+            thread.start()
+            wait_until(result_file.exists, READY_TIMEOUT, "process 0 to answer its request")
+            first = json.loads(result_file.read_text())
+            thread.join(REQUEST_TIMEOUT)
+            assert not thread.is_alive(), "process 1's run_local did not finish"
+            assert first["output"] == "[" + ",".join(first["chunks"]) + "]"
+            _assert_real_stream(first["chunks"])
+            assert isinstance(embedded[0], str), embedded[0]
+            _assert_real_embedding(embedded[0])
+            tree = psutil.Process(process_0.pid).children(recursive=True)
+            assert any(p.cmdline()[1:2] == ["serve"] for p in tree), "process 0 runs ollama"
+        finally:
+            if process_0.poll() is None:
+                process_0.communicate("\n", timeout=EXIT_TIMEOUT)
+    assert process_0.returncode == 0, (tmp_path / "process-0.log").read_text()[-3000:]
+    wait_until(lambda: all(_gone(p) for p in tree), EXIT_TIMEOUT, "the proxy and Ollama to exit")
+
+
+def test_an_emulated_instance_streams_a_real_answer(
+    real_ollama: RealOllama, tmp_path: Path
+) -> None:
+    env = real_env(real_ollama, tmp_path, LOG_FORMAT="console")
+    instance = UbiOpsInstance(PACKAGE_DIR, processes=2, env=env)
+    tree: list[psutil.Process] = []
+    instance.start()
+    try:
+        instance.wait_started(READY_TIMEOUT)
+        arrivals: list[float] = []
+        chat = instance.request(
+            json.dumps(CHAT),
+            timeout=REQUEST_TIMEOUT,
+            on_update=lambda t, _text: arrivals.append(t),
+        )
+        assert chat.ok, chat.error
+        texts = [text for _, text in chat.updates]
+        _assert_real_stream(texts)
+        assert chat.output == "[" + ",".join(texts) + "]"
+        assert arrivals == sorted(arrivals)
+        embedding = instance.request(EMBED, timeout=REQUEST_TIMEOUT)
+        assert embedding.ok, embedding.error
+        _assert_real_embedding(embedding.output)
+        unknown = instance.request({**CHAT, "model": "llama3"}, timeout=REQUEST_TIMEOUT)
+        assert unknown.error is not None
+        assert "available models" in unknown.error
+        tree = [p for pid in instance.pids for p in psutil.Process(pid).children(recursive=True)]
+        assert any(p.cmdline()[1:2] == ["serve"] for p in tree), "the instance runs ollama"
+    finally:
+        workers = [psutil.Process(pid) for pid in instance.pids if pid]
+        instance.stop()
+    wait_until(
+        lambda: all(_gone(p) for p in [*tree, *workers]), EXIT_TIMEOUT, "every process to exit"
+    )
