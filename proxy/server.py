@@ -24,6 +24,7 @@ loop of the whole instance with the reason buried in old logs.
 from __future__ import annotations
 
 import asyncio
+import errno
 import os
 import signal
 import sys
@@ -48,6 +49,8 @@ EXIT_FAILURE = 1
 
 _MIN_DRAIN_TIMEOUT = 0.001
 """aiohttp reads a shutdown timeout of 0 as "no timeout": the smallest real one (seconds)."""
+_OLLAMA_DEFAULT_PORT = 11434
+"""Ollama's own default port, also the proxy's default ``PROXY_PORT``."""
 
 log = get_logger(__name__)
 
@@ -115,7 +118,11 @@ async def _serve(settings: Settings, executable: str) -> int:
             await site.start()
         except OSError as exc:
             log.error(
-                "cannot listen", host=settings.bind_host, port=settings.proxy_port, error=str(exc)
+                "cannot listen",
+                host=settings.bind_host,
+                port=settings.proxy_port,
+                error=str(exc),
+                **_listen_hint(exc, settings.proxy_port),
             )
             await runner.cleanup()
             return EXIT_FAILURE
@@ -156,6 +163,18 @@ async def _pull(settings: Settings, executable: str) -> int:
         return EXIT_FAILURE
     log.info("all models present", models=list(state.models))
     return EXIT_OK
+
+
+def _listen_hint(exc: OSError, port: int) -> dict[str, str]:
+    """What to do about a port that is taken (the ``hint`` of the "cannot listen" line)."""
+    if exc.errno != errno.EADDRINUSE:
+        return {}
+    if port == _OLLAMA_DEFAULT_PORT:
+        return {
+            "hint": f"port {port} is in use, maybe by an Ollama (it is Ollama's own default "
+            "port): set PROXY_PORT to a free port"
+        }
+    return {"hint": f"port {port} is in use: set PROXY_PORT to a free port"}
 
 
 def drain_timeout(grace: float) -> float:
