@@ -1,9 +1,9 @@
 """The command line: ``python -m proxy`` (console script ``ollama-proxy``).
 
 * ``serve``: run the proxy and supervise ``ollama serve`` until SIGTERM/SIGINT.
-* ``pull``: start Ollama, pull the configured models, stop; exit 0 iff all are present
+* ``pull``: start Ollama, pull the configured models, stop; exit 0 when all are present
   (bakes models into an image at build time).
-* ``check [--url URL] [--timeout S]``: ``GET <url>/readyz``; exit 0 iff the instance serves
+* ``check [--url URL] [--timeout S]``: ``GET <url>/readyz``; exit 0 when the instance serves
   (a Docker ``HEALTHCHECK`` with no curl needed). Prints one line.
 
 Exit statuses: 0 success, 1 failure, 2 configuration error (one line on stderr:
@@ -18,6 +18,7 @@ import sys
 import urllib.error
 import urllib.request
 from collections.abc import Sequence
+from pathlib import Path
 
 from proxy.config import ConfigError, load_settings
 from proxy.state import Readiness
@@ -48,15 +49,35 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _parser() -> argparse.ArgumentParser:
+    configured = (
+        "Configured by environment variables (OLLAMA_CHAT_MODELS, OLLAMA_EMBEDDING_MODELS, "
+        "PROXY_API_KEY, PROXY_PORT, ...: the README's Configuration table)."
+    )
     parser = argparse.ArgumentParser(
-        prog="ollama-proxy",
-        description="Serve many Ollama models behind one authenticated, OpenAI-compatible proxy.",
+        prog=_prog(),
+        description="Serve many Ollama models behind one authenticated, OpenAI-compatible proxy. "
+        + configured,
+        epilog="Exit status: 0 success, 1 failure, 2 a configuration error (one line on stderr "
+        "naming the variable).",
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    commands.add_parser("serve", help="run the proxy and supervise `ollama serve`")
-    commands.add_parser("pull", help="pull the configured models, then exit (0 iff all present)")
+    commands.add_parser(
+        "serve",
+        help="run the proxy and its own `ollama serve` until SIGTERM or Ctrl-C",
+        description="Start `$OLLAMA_BIN serve` on OLLAMA_INTERNAL_HOST, pull the models it "
+        "lacks, and answer on PROXY_HOST:PROXY_PORT until SIGTERM or Ctrl-C. " + configured,
+    )
+    commands.add_parser(
+        "pull",
+        help="start Ollama, pull the models it lacks, stop (exit status 0 when all are there)",
+        description="Start `$OLLAMA_BIN serve`, pull the configured models it lacks, stop; "
+        "exit status 0 when every model is present (the image build bakes models this way).",
+    )
     check = commands.add_parser(
-        "check", help="exit 0 iff the proxy serves (its /readyz says ready)"
+        "check",
+        help="print `ready` or why not (exit status 0 when the proxy serves)",
+        description="GET <url>/readyz and print one line: `ready`, or `not ready (<phase>): "
+        "<reason>`; exit status 0 when the proxy serves.",
     )
     check.add_argument(
         "--url", help="base URL of the proxy (default: http://127.0.0.1:$PROXY_PORT)"
@@ -68,6 +89,12 @@ def _parser() -> argparse.ArgumentParser:
         help=f"seconds to wait for an answer (default: {DEFAULT_CHECK_TIMEOUT:g})",
     )
     return parser
+
+
+def _prog() -> str:
+    """The command as it was typed: ``python -m proxy`` or the ``ollama-proxy`` script."""
+    name = Path(sys.argv[0]).name
+    return "python -m proxy" if name in ("__main__.py", "-m", "") else name
 
 
 def _check(base_url: str, api_key: str | None, timeout: float) -> int:
