@@ -7,9 +7,13 @@ separated by `` / ``):
 
 * ``empty`` or ``unset``: the variable set to the empty string changes nothing;
 * a value in backticks (```11434```): the variable set to that value changes nothing;
+* a variable in backticks (```OLLAMA_MAX_QUEUE```): it is the default when it is set;
 * a formula in backticks over other variables (```4 * OLLAMA_NUM_PARALLEL```; the README writes
   a multiplication sign for ``*``): for a few values of those variables, setting the variable to
   the formula's result changes nothing.
+
+Alternatives, each in its own backticks (``OLLAMA_MAX_QUEUE`` or ``512``), are each checked; a
+plain value with nothing else set.
 
 "Changes nothing" means :func:`load_settings` gives the same :class:`Settings` as without it.
 """
@@ -134,17 +138,17 @@ def test_every_documented_default_is_the_codes(variable: str, default: str, line
     if default.split()[0] in ("empty", "unset"):
         _same_settings(variable, "", {}, line)
         return
-    ticked = _TICKED.search(default)
-    assert ticked, f"README: {variable}'s default {default!r}: a value in backticks, or empty"
-    text = ticked.group(1)
-    others = [name for name in _NAME.findall(text) if name != variable]
-    if not others:
-        _same_settings(variable, text, {}, line)
-        return
-    for sample in _SAMPLES:
-        values = dict.fromkeys(others, sample)
-        base = {name: str(number) for name, number in values.items()}
-        _same_settings(variable, _format(_evaluate(text, values)), base, line)
+    alternatives = _TICKED.findall(default)  # "`OLLAMA_MAX_QUEUE` or `512`": each is checked
+    assert alternatives, f"README: {variable}'s default {default!r}: values in backticks, or empty"
+    for text in alternatives:
+        others = [name for name in _NAME.findall(text) if name != variable]
+        if not others:
+            _same_settings(variable, text, {}, line)
+            continue
+        for sample in _SAMPLES:
+            values = dict.fromkeys(others, sample)
+            base = {name: str(number) for name, number in values.items()}
+            _same_settings(variable, _format(_evaluate(text, values)), base, line)
 
 
 def test_every_variable_the_code_reads_is_documented() -> None:
