@@ -1,4 +1,5 @@
-"""Fixtures for the deployment suite: a scripted fake proxy; the real one comes from the harness."""
+"""Fixtures for the deployment suite: a scripted fake proxy and a client of it; the real proxy
+comes from the harness."""
 
 from __future__ import annotations
 
@@ -11,6 +12,9 @@ from pathlib import Path
 import pytest
 from aiohttp import web
 
+from proxy.client import ProxyClient
+from proxy.config import load_settings
+from proxy.state import Phase, Readiness
 from proxy.testing.harness import free_port, proxy_env
 
 REPO = Path(__file__).resolve().parents[2]
@@ -80,3 +84,45 @@ def fake_proxy() -> Iterator[FakeProxy]:
 def sim_env(workdir: Path, **overrides: str) -> dict[str, str]:
     """The environment of a deployment whose proxy runs the simulator on free ports."""
     return proxy_env(workdir, SHUTDOWN_GRACE="2", LOG_FORMAT="console", **overrides)
+
+
+ENV = {"OLLAMA_CHAT_MODELS": "smollm2:135m,qwen", "OLLAMA_EMBEDDING_MODELS": "all-minilm:l6-v2"}
+CHAT = {"model": "smollm2:135m", "messages": [{"role": "user", "content": "Hi"}]}
+KEY = "k" * 24
+
+
+def make_client(port: int, **env: str) -> ProxyClient:
+    """A client of the proxy on ``port``, with the key :data:`KEY`."""
+    return ProxyClient(load_settings({**ENV, "PROXY_PORT": str(port), "PROXY_API_KEY": KEY, **env}))
+
+
+@pytest.fixture
+def client(fake_proxy: FakeProxy) -> Iterator[ProxyClient]:
+    """A client of a proxy that serves (its ``/readyz`` says so; tests may change that)."""
+    fake_proxy.routes["GET", "/readyz"] = readiness(Phase.READY, True)  # type: ignore[assignment]
+    client = make_client(fake_proxy.port, READY_TIMEOUT="10")
+    yield client
+    client.close()
+
+
+def readiness(
+    phase: Phase,
+    serving: bool,
+    *,
+    gave_up: bool = False,
+    reason: str = "",
+    models: dict[str, object] | None = None,
+) -> object:
+    """A ``/readyz`` handler that answers this readiness."""
+
+    async def readyz(_request: web.Request) -> web.Response:
+        details = {"models": models} if models is not None else {}
+        document = Readiness(phase, serving, gave_up, reason or None, details).as_json()
+        return web.json_response(document, status=200 if serving else 503)
+
+    return readyz
+
+
+def posted(proxy: FakeProxy) -> list[bytes]:
+    """The bodies the fake proxy received in POST requests."""
+    return [body for method, _, body, _ in proxy.seen if method == "POST"]

@@ -9,61 +9,20 @@ what it says when the proxy cannot be reached.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 
 import pytest
 from aiohttp import web
 
-import proxy.client
 from proxy.client import (
     ProxyClient,
     ProxyUnavailableError,
     RequestFailedError,
     choose_endpoint,
 )
-from proxy.config import load_settings
 from proxy.sse import SSEDecoder
-from proxy.state import Phase, Readiness
+from proxy.state import Phase
 from proxy.testing.harness import free_port
-from tests.deployment.conftest import FakeProxy
-
-ENV = {"OLLAMA_CHAT_MODELS": "smollm2:135m,qwen", "OLLAMA_EMBEDDING_MODELS": "all-minilm:l6-v2"}
-CHAT = {"model": "smollm2:135m", "messages": [{"role": "user", "content": "Hi"}]}
-KEY = "k" * 24
-
-
-def _client(port: int, **env: str) -> ProxyClient:
-    return ProxyClient(load_settings({**ENV, "PROXY_PORT": str(port), "PROXY_API_KEY": KEY, **env}))
-
-
-@pytest.fixture
-def client(fake_proxy: FakeProxy) -> Iterator[ProxyClient]:
-    """A client of a proxy that serves (its ``/readyz`` says so; tests may change that)."""
-    fake_proxy.routes["GET", "/readyz"] = _readiness(Phase.READY, True)  # type: ignore[assignment]
-    client = _client(fake_proxy.port, READY_TIMEOUT="10")
-    yield client
-    client.close()
-
-
-def _readiness(
-    phase: Phase,
-    serving: bool,
-    *,
-    gave_up: bool = False,
-    reason: str = "",
-    models: dict[str, object] | None = None,
-) -> object:
-    async def readyz(_request: web.Request) -> web.Response:
-        details = {"models": models} if models is not None else {}
-        document = Readiness(phase, serving, gave_up, reason or None, details).as_json()
-        return web.json_response(document, status=200 if serving else 503)
-
-    return readyz
-
-
-def _posted(proxy: FakeProxy) -> list[bytes]:
-    return [body for method, _, body, _ in proxy.seen if method == "POST"]
-
+from tests.deployment.conftest import CHAT, KEY, FakeProxy, make_client, posted, readiness
 
 # --- the endpoint --------------------------------------------------------------------------
 
@@ -95,7 +54,7 @@ def test_text_is_sent_as_it_came_and_a_dict_is_dumped_once(
     text = '{"model": "smollm2:135m",   "messages": [{"role":"user","content":"h\\u00e9"}]}'
     client.forward(text)
     client.forward({**CHAT, "stream": False})
-    sent = _posted(fake_proxy)
+    sent = posted(fake_proxy)
     assert sent[0] == text.encode()
     assert json.loads(sent[1]) == {**CHAT, "stream": False}
 
@@ -188,7 +147,7 @@ def test_only_a_streamed_chat_without_stream_options_asks_for_usage(
 
     client.forward(text)
 
-    assert _posted(fake_proxy) == [sent.encode()], "spliced into the text, nothing re-serialised"
+    assert posted(fake_proxy) == [sent.encode()], "spliced into the text, nothing re-serialised"
 
 
 def test_non_stream_answer_is_returned_as_received(
@@ -244,7 +203,7 @@ def test_stream_without_done_is_reported_incomplete(
 
 
 def test_a_proxy_that_does_not_answer_yet_is_starting() -> None:
-    client = _client(free_port(), READY_TIMEOUT="0.3")
+    client = make_client(free_port(), READY_TIMEOUT="0.3")
     try:
         with pytest.raises(ProxyUnavailableError, match="starting and does not answer yet"):
             client.forward(CHAT)
@@ -271,9 +230,9 @@ def test_wait_ready_polls_until_serving_and_honours_check(
     fake_proxy: FakeProxy, client: ProxyClient
 ) -> None:
     answers = iter(
-        [_readiness(Phase.STARTING, False), _readiness(Phase.PULLING, False, reason="a pulling")]
+        [readiness(Phase.STARTING, False), readiness(Phase.PULLING, False, reason="a pulling")]
     )
-    serving = _readiness(Phase.DEGRADED, True, reason="b failed: gone")
+    serving = readiness(Phase.DEGRADED, True, reason="b failed: gone")
 
     async def readyz(request: web.Request) -> web.StreamResponse:
         return await next(answers, serving)(request)  # type: ignore[operator]
@@ -292,7 +251,7 @@ def test_wait_ready_polls_until_serving_and_honours_check(
 def test_wait_ready_fails_fast_when_ollama_failed_for_good(
     fake_proxy: FakeProxy, client: ProxyClient
 ) -> None:
-    fake_proxy.routes["GET", "/readyz"] = _readiness(  # type: ignore[assignment]
+    fake_proxy.routes["GET", "/readyz"] = readiness(  # type: ignore[assignment]
         Phase.DEGRADED, False, gave_up=True, reason="Ollama is failed: exited with status 1"
     )
     with pytest.raises(ProxyUnavailableError, match="cannot start: Ollama is failed: exited"):
@@ -324,116 +283,3 @@ def test_connection_closed_before_an_answer_is_retried_once(
     fake_proxy.routes["POST", "/v1/embeddings"] = handler
     assert client.forward({"model": "all-minilm:l6-v2", "input": "x"}).startswith("{")
     assert len(calls) == 2
-
-
-# --- starting up ---------------------------------------------------------------------------
-
-PULLING = {"smollm2:135m": {"kind": "chat", "state": "pulling", "progress": 0.43}}
-
-
-def test_wait_started_returns_once_models_are_being_downloaded(
-    fake_proxy: FakeProxy, client: ProxyClient, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setattr(proxy.client, "DOWNLOAD_GRACE", 0.2)
-    answers = iter([_readiness(Phase.STARTING, False, reason="Ollama is starting")])
-    pulling = _readiness(Phase.PULLING, False, reason="smollm2:135m pulling 43%", models=PULLING)
-
-    async def readyz(request: web.Request) -> web.StreamResponse:
-        return await next(answers, pulling)(request)  # type: ignore[operator]
-
-    fake_proxy.routes["GET", "/readyz"] = readyz
-    assert client.wait_started() == (
-        "models are being downloaded: not ready (pulling): smollm2:135m pulling 43%"
-    )
-    with pytest.raises(ProxyUnavailableError) as info:
-        client.forward(CHAT)
-    assert info.value.public_error_message == (
-        "The model server is starting (pulling: smollm2:135m pulling 43%); retry in a minute "
-        "(models are being downloaded)."
-    )
-    assert _posted(fake_proxy) == [], "nothing is sent while it starts"
-
-    async def answer(_request: web.Request) -> web.Response:
-        return web.json_response({"ok": True})
-
-    fake_proxy.routes["POST", "/v1/chat/completions"] = answer
-    fake_proxy.routes["GET", "/readyz"] = _readiness(Phase.READY, True)  # type: ignore[assignment]
-    asked = len([path for _, path, _, _ in fake_proxy.seen if path == "/readyz"])
-    for _ in range(3):
-        assert client.forward(CHAT) == '{"ok": true}'
-    readyz_calls = [path for _, path, _, _ in fake_proxy.seen if path == "/readyz"]
-    assert len(readyz_calls) == asked + 1, "asked until it served once, then never again"
-
-
-def test_wait_started_is_short_and_requests_then_say_what_the_proxy_waits_for(
-    fake_proxy: FakeProxy, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    assert proxy.client.STARTUP_WAIT < 300, "below UbiOps' default request timeout"
-    monkeypatch.setattr(proxy.client, "STARTUP_WAIT", 0.2)
-    fake_proxy.routes["GET", "/readyz"] = _readiness(  # type: ignore[assignment]
-        Phase.PULLING, False, reason="all-minilm:l6-v2 loading"
-    )
-    client = _client(fake_proxy.port, READY_TIMEOUT="100000")
-    try:
-        assert client.wait_started() == (
-            "not serving after 0.2 s: not ready (pulling): all-minilm:l6-v2 loading"
-        )
-        with pytest.raises(ProxyUnavailableError, match=r"starting \(pulling: all-minilm"):
-            client.forward(CHAT)
-    finally:
-        client.close()
-
-
-@pytest.mark.parametrize(
-    ("readiness", "message"),
-    [
-        (
-            _readiness(Phase.DEGRADED, False, gave_up=True, reason="Ollama is failed: exit 1"),
-            "The model server cannot start: Ollama is failed: exit 1. See the deployment logs.",
-        ),
-        (
-            _readiness(Phase.DEGRADED, False, reason="smollm2:135m failed: not found"),
-            "The model server does not serve (degraded: smollm2:135m failed: not found). See the "
-            "deployment logs.",
-        ),
-    ],
-)
-def test_a_proxy_that_will_not_serve_says_so(
-    fake_proxy: FakeProxy, client: ProxyClient, readiness: object, message: str
-) -> None:
-    fake_proxy.routes["GET", "/readyz"] = readiness  # type: ignore[assignment]
-
-    with pytest.raises(ProxyUnavailableError) as info:
-        client.forward(CHAT)
-    assert info.value.public_error_message == message
-
-
-def test_wait_started_fails_when_ollama_failed_for_good(
-    fake_proxy: FakeProxy, client: ProxyClient
-) -> None:
-    fake_proxy.routes["GET", "/readyz"] = _readiness(  # type: ignore[assignment]
-        Phase.DEGRADED, False, gave_up=True, reason="Ollama is failed: exited with status 1"
-    )
-    with pytest.raises(ProxyUnavailableError, match="cannot start: Ollama is failed: exited"):
-        client.wait_started()
-
-
-def test_a_launcher_that_gave_up_fails_requests_with_its_reason(
-    fake_proxy: FakeProxy, client: ProxyClient, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    launcher_failure: list[str] = []
-
-    def check() -> None:  # what process 0 passes: its launcher's check
-        if launcher_failure:
-            raise RuntimeError(launcher_failure[0])
-
-    fake_proxy.routes["GET", "/readyz"] = _readiness(Phase.STARTING, False)  # type: ignore[assignment]
-    monkeypatch.setattr(proxy.client, "STARTUP_WAIT", 0.1)
-    client.wait_started(check=check)
-    launcher_failure.append("the proxy exited with status 2 (a configuration error)")
-    with pytest.raises(ProxyUnavailableError) as info:
-        client.forward(CHAT)
-    assert info.value.public_error_message == (
-        "The model server cannot start: the proxy exited with status 2 (a configuration error). "
-        "See the deployment logs."
-    )
