@@ -161,3 +161,17 @@ def test_a_version_without_the_request_format_takes_no_requests(
 
     with pytest.raises(ubiops.ApiException, match="does not support requests"):
         api.deployment_requests_create("demo", DEP, data=json.dumps({"model": "smollm2"}))
+
+
+def test_a_label_name_reaches_its_model_through_a_ubiops_request(
+    served: tuple[FakeUbiOps, Any],
+) -> None:
+    fake, api = served
+    labels = str(fake.state.versions[DEP, "v1"]["labels"]["openai-model-names"])  # type: ignore[index]
+    assert labels.split(";") == ["smollm2", "all-minilm-l6-v2"]
+
+    for model in ("all-minilm-l6-v2", f"ubiops-deployment/{DEP}/v1/all-minilm-l6-v2"):
+        body = {"model": model, "input": ["a", "b"]}
+        result = api.deployment_requests_create("demo", DEP, data=json.dumps(body))
+        assert result.status == "completed", result.error_message
+        assert [len(item["embedding"]) for item in json.loads(result.result)["data"]] == [384, 384]
