@@ -71,8 +71,8 @@ class _Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescription
 def _from_env(env: Mapping[str, str], name: str, fallback: str | None) -> tuple[str | None, str]:
     """An option's default: ``$name`` when it is set, else ``fallback``; and the help's note."""
     if name in env:
-        return env[name], f"default from ${name}"
-    return fallback, f"default ${name} when set"
+        return env[name], f"from ${name}"
+    return fallback, f"or ${name}"
 
 
 def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> int:
@@ -179,7 +179,7 @@ def _parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
     where.add_argument(
         "--api-host",
         default=api_host,
-        help=f"UbiOps API URL, the ubiops client's default ({api_host_note})",
+        help=f"UbiOps API URL; by default the ubiops client's ({api_host_note})",
     )
     where.add_argument("--deployment", default=d.deployment)
     where.add_argument("--version", default=d.version, help="deployment version name")
