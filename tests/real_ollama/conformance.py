@@ -10,6 +10,32 @@ Values are kept only where the protocol fixes them (see :data:`VALUE_KEYS`): obj
 finish and stop reasons, event types, and error messages. A stream is the sequence of its
 chunks' shapes with runs of equal shapes collapsed, since the number of tokens is the model's
 business. :func:`differences` lists where two observations disagree, path by path.
+
+What the real 0.24.0 answers, as measured with this corpus (the audit's open questions included):
+
+* Embeddings from a chat model succeed (200; 576 values for ``smollm2:135m``) on ``/api/embed``,
+  ``/api/embeddings`` and ``/v1/embeddings``. An unknown model there is a 404
+  ``model "x" not found, try pulling it first``; on chat and generate ``model 'x' not found``.
+* Chat on an embedding model is a 400 ``"all-minilm:l6-v2" does not support chat`` before any
+  stream begins, streamed or not, on every chat-shaped API; generate says ``generate``.
+* Every error found before generation is a plain status with a JSON body, never a 200 stream
+  with an in-band error: the native ``{"error"}``, OpenAI's ``{"error": {...}}`` (Responses
+  too), Anthropic's ``{"type": "error", ...}``.
+* Tools on a model without the capability: 400 ``registry.ollama.ai/library/smollm2:135m does
+  not support tools`` (the full name); a ``suffix`` likewise for ``insert``. ``think`` (true or a
+  level) on a model that cannot think: 400 ``"smollm2:135m" does not support thinking``, except
+  on ``/v1/messages``, where thinking is dropped and the model answers.
+* ``/api/tags`` has no ``capabilities``; ``/api/show`` has them (``["completion"]``,
+  ``["embedding"]``) and lists the weights' ``tensors``.
+* HEAD is served on ``/``, ``/api/version`` and ``/api/tags`` only; every other GET route
+  answers HEAD with 405 (``Allow: GET``). ``/v1/messages/count_tokens`` does not exist (404).
+* A model runner dying mid-stream: native streams end with an in-band ``{"error": "an error was
+  encountered while running the model: unexpected EOF"}`` line, chat completions and completions
+  with an empty chunk whose ``model`` is ``""`` and no ``[DONE]``, Responses and Messages with no
+  further event at all; all end cleanly with status 200 (``test_conformance``). A runner dying
+  under a request that is not streamed is a 500 ``model runner has unexpectedly stopped, this may
+  be due to resource limitations or an internal error, check ollama server logs for details``.
+  The whole server dying cuts the connection instead (no terminating chunk).
 """
 
 from __future__ import annotations

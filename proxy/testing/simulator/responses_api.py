@@ -274,20 +274,13 @@ class _ResponsesWriter:
         return sse_event(payload, kind)
 
     def _opening(self) -> list[bytes]:
+        """``response.created`` and ``response.in_progress``, before the first chunk's events."""
         if self._started:
             return []
         self._started = True
-        return [
-            self._event(
-                kind,
-                {
-                    "response": self.request.response(
-                        self.response_id, "in_progress", int(time.time())
-                    )
-                },
-            )
-            for kind in ("response.created", "response.in_progress")
-        ]
+        response = self.request.response(self.response_id, "in_progress", int(time.time()))
+        kinds = ("response.created", "response.in_progress")
+        return [self._event(kind, {"response": response}) for kind in kinds]
 
     def chunks(self, event: str | Finished) -> list[bytes]:
         out = self._opening()
