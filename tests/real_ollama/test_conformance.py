@@ -16,8 +16,11 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import anthropic
+import openai
 import psutil
 import pytest
+from anthropic.types import MessageParam
 
 from proxy.testing.harness import http_json
 from proxy.testing.services import ServiceProcess, SimulatorProcess
@@ -26,6 +29,7 @@ from tests.real_ollama.conformance import (
     CHAT_MODEL,
     CORPUS,
     EMBEDDING_MODEL,
+    MAX_TOKENS,
     Case,
     Observation,
     differences,
@@ -46,6 +50,7 @@ LONG = 400
 """Tokens asked for in the runner-failure streams: they must still be generating when it dies."""
 STORY = "Write a long story about a dragon who learns to sing."
 SIMULATOR_ENV = {"SIM_PULL_DELAY": "0"}
+CLIENT_TIMEOUT = 120.0
 
 
 def _pulled(sim: SimulatorProcess) -> SimulatorProcess:
@@ -198,3 +203,39 @@ def _assert_cut_short(case: Case, real: Observation) -> None:
         assert "[DONE]" not in str(real.body), (case.name, real.body)
         assert "message_stop" not in str(real.body), (case.name, real.body)
         assert "response.completed" not in str(real.body), (case.name, real.body)
+
+
+@pytest.mark.parametrize("backend", ["real", "simulator"])
+def test_the_stock_clients_read_both_new_apis(
+    backend: str, real_server: ServiceProcess, simulator: SimulatorProcess
+) -> None:
+    """The ``openai`` Responses client and the ``anthropic`` client, streamed and not, read real
+    Ollama's answers as they read the simulator's."""
+    url = real_server.url if backend == "real" else simulator.url
+    oai = openai.OpenAI(base_url=f"{url}/v1", api_key="x", max_retries=0, timeout=CLIENT_TIMEOUT)
+    whole = oai.responses.create(model=CHAT_MODEL, input=STORY, max_output_tokens=MAX_TOKENS)
+    assert whole.status == "completed"
+    assert whole.output_text
+    with oai.responses.stream(
+        model=CHAT_MODEL, input=STORY, max_output_tokens=MAX_TOKENS
+    ) as stream:
+        deltas = [event.delta for event in stream if event.type == "response.output_text.delta"]
+        final = stream.get_final_response()
+    assert final.output_text == "".join(deltas) != ""
+
+    claude = anthropic.Anthropic(base_url=url, api_key="x", max_retries=0, timeout=CLIENT_TIMEOUT)
+    messages: list[MessageParam] = [{"role": "user", "content": STORY}]
+    message = claude.messages.create(model=CHAT_MODEL, max_tokens=MAX_TOKENS, messages=messages)
+    assert message.stop_reason == "max_tokens"
+    assert message.content[0].type == "text"
+    with claude.messages.stream(
+        model=CHAT_MODEL, max_tokens=MAX_TOKENS, messages=messages
+    ) as streamed:
+        text = "".join(streamed.text_stream)
+        final_message = streamed.get_final_message()
+    assert text
+    assert final_message.usage.output_tokens == MAX_TOKENS
+    with pytest.raises(anthropic.NotFoundError):
+        claude.messages.create(model="nope", max_tokens=MAX_TOKENS, messages=messages)
+    with pytest.raises(openai.NotFoundError):
+        oai.responses.create(model="nope", input=STORY)
