@@ -144,39 +144,15 @@ class ProxyClient:
         self._check: Callable[[], None] | None = None
         self._served = False
 
-    def wait_ready(self, check: Callable[[], None] | None = None) -> None:
-        """Block until the proxy serves, polling ``/readyz`` with a capped backoff.
-
-        ``check`` is called on every pass and may raise to abort the wait (process 0 uses it
-        to stop waiting for a proxy its launcher gave up on).
-
-        Raises:
-            ProxyUnavailableError: Ollama failed for good, or not ready within READY_TIMEOUT.
-        """
-        limit = self._settings.ready_timeout
-        log.info("waiting for the proxy", url=self._base_url, timeout_s=limit)
-        try:
-            self._run(
-                wait_until_serving(
-                    lambda: self._probe(check), within=limit, unreachable=_PROBE_ERRORS
-                )
-            )
-        except NotServingError as exc:
-            raise ProxyUnavailableError(
-                f"The model server cannot start: {exc.last}. See the deployment logs."
-                if exc.gave_up
-                else f"The model server did not become ready within {limit:g} s "
-                f"(READY_TIMEOUT); last status: {exc.last}. See the deployment logs."
-            ) from None
-
     def wait_started(self, check: Callable[[], None] | None = None) -> str:
         """Block while starting up is quick; return how it ended, as one line for the log.
 
-        Polls ``/readyz`` (as :meth:`wait_ready`) until the proxy serves, or models have been
+        Polls ``/readyz`` with a capped backoff until the proxy serves, or models have been
         downloading for :data:`DOWNLOAD_GRACE` (a pull can take longer than any request may
         wait), or ``min(READY_TIMEOUT, STARTUP_WAIT)`` passed. Requests that come before the
-        proxy serves fail at once with the reason (:meth:`forward`). ``check`` is also called
-        before each such request.
+        proxy serves fail at once with the reason (:meth:`forward`). ``check`` is called on
+        every pass and before each such request, and may raise to end it (process 0 passes
+        its launcher's: the proxy will not run).
 
         Raises:
             ProxyUnavailableError: Ollama failed for good.
