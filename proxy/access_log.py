@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 
 from proxy.logs import get_logger
+from proxy.usage import Usage
 
 __all__ = ["Exchange", "log_exchange"]
 
@@ -16,9 +17,10 @@ _MAX_LOGGED_NAME = 256
 class Exchange:
     """What the proxy learns about one request while serving it.
 
-    The request middleware creates it; handlers fill in the model; the relay fills in the chunk
-    counts, whether the answer's status was sent (``committed``) and the time of a stream's first
-    chunk. Plain attributes, no per-chunk work beyond counting.
+    The request middleware creates it and names the key; handlers fill in the model and the
+    time it waited for a slot; the relay fills in the chunk counts, whether the answer's status
+    was sent (``committed``), the time of a stream's first chunk and the token usage. Plain
+    attributes, no per-chunk work beyond counting.
     """
 
     __slots__ = (
@@ -27,12 +29,15 @@ class Exchange:
         "committed",
         "error",
         "first_chunk_at",
+        "key",
         "model",
+        "queue_wait",
         "request_id",
         "requested_model",
         "route",
         "started",
         "status",
+        "usage",
     )
 
     def __init__(self, request_id: str, route: str) -> None:
@@ -40,7 +45,10 @@ class Exchange:
         self.route = route
         self.started = time.perf_counter()
         self.model = ""
+        self.key = ""
         self.requested_model: str | None = None
+        self.queue_wait: float | None = None
+        self.usage: Usage | None = None
         self.status = 0
         self.committed = False
         self.first_chunk_at: float | None = None
@@ -64,9 +72,16 @@ def log_exchange(exchange: Exchange, method: str, path: str, seconds: float) -> 
         "status": exchange.status,
         "latency_ms": round(seconds * 1000, 3),
     }
+    if exchange.key:
+        fields["key"] = exchange.key
     if exchange.model or exchange.requested_model:
         fields["model"] = exchange.model or None
         fields["requested_model"] = _clip(exchange.requested_model)
+    if exchange.queue_wait is not None:
+        fields["queue_wait_ms"] = round(exchange.queue_wait * 1000, 3)
+    if exchange.usage is not None:
+        fields["prompt_tokens"] = exchange.usage.prompt_tokens
+        fields["completion_tokens"] = exchange.usage.completion_tokens
     if ttfc is not None:
         fields["ttfc_ms"] = round(ttfc * 1000, 3)
         fields["chunks"] = exchange.chunks

@@ -12,23 +12,32 @@ from __future__ import annotations
 from aiohttp import web
 
 from proxy import routes
-from proxy.appkeys import GUARD, META_GUARD, METRICS, SETTINGS, STATE, UPSTREAM
+from proxy.admission import META_CONCURRENCY, META_LANE, Admission, RateWindow
+from proxy.appkeys import ADMISSION, KEYS, METRICS, RATES, SETTINGS, STATE, UPSTREAM
 from proxy.config import Settings
 from proxy.endpoints import ENDPOINTS
-from proxy.limits import ConcurrencyGuard
+from proxy.keys import KeyRing, key_spec
 from proxy.metrics import Metrics
 from proxy.middlewares import auth_middleware, request_middleware
 from proxy.runner import server_header
 from proxy.state import InstanceState
 from proxy.upstream import Upstream, upstream_context
 
-__all__ = ["META_CONCURRENCY", "create_app"]
-
-META_CONCURRENCY = 8
-"""Requests for model info, listings, ps and version forwarded to Ollama at once."""
+__all__ = ["create_app", "key_ring"]
 
 MANAGEMENT_CONNECTIONS = 8
 """Connections to Ollama left for the admin's model management (pulls may take long)."""
+
+
+def key_ring(settings: Settings) -> KeyRing:
+    """Every key of the proxy: ``PROXY_API_KEY`` (``default``), ``PROXY_ADMIN_KEY``
+    (``admin``) and those of ``PROXY_KEYS``."""
+    keys = list(settings.keys)
+    if settings.proxy_api_key:
+        keys.append(key_spec("default", settings.proxy_api_key))
+    if settings.proxy_admin_key:
+        keys.append(key_spec("admin", settings.proxy_admin_key, admin=True))
+    return KeyRing(keys)
 
 
 def create_app(
@@ -46,25 +55,31 @@ def create_app(
     closes after the server has drained; append the supervisor's context after it.
     """
     metrics = metrics if metrics is not None else Metrics(state)
-    guard = ConcurrencyGuard(settings.proxy_max_concurrency, settings.proxy_max_queue)
-    meta_guard = ConcurrencyGuard(META_CONCURRENCY, settings.proxy_max_queue)
-    metrics.track_load(lambda: guard.active, lambda: guard.queued)
+    keys = key_ring(settings)
+    budgets = {model.tag: settings.budget(model) for model in settings.catalog}
+    admission = Admission(
+        {**budgets, META_LANE: META_CONCURRENCY},
+        max_queue=settings.proxy_max_queue,
+        weights={key.name: key.weight for key in keys.specs},
+        key_caps={key.name: key.concurrency for key in keys.specs if key.concurrency},
+    )
+    rates = {
+        key.name: RateWindow(key.requests_per_minute, key.tokens_per_minute)
+        for key in keys.specs
+        if key.requests_per_minute or key.tokens_per_minute
+    }
+    metrics.track_admission(admission)
     upstream = Upstream(
         settings.ollama_url,
         request_timeout=settings.proxy_request_timeout,
-        # Every guarded request, plus a few for the admin's model management.
-        connections=settings.proxy_max_concurrency + META_CONCURRENCY + MANAGEMENT_CONNECTIONS,
+        # Every admitted request, plus a few for the admin's model management.
+        connections=sum(budgets.values()) + META_CONCURRENCY + MANAGEMENT_CONNECTIONS,
     )
 
     middlewares = [request_middleware(metrics=metrics, max_body=settings.proxy_max_body)]
-    if settings.proxy_api_key:
-        middlewares.append(
-            auth_middleware(
-                api_key=settings.proxy_api_key,
-                admin_key=settings.proxy_admin_key,
-                open_paths=[endpoint.path for endpoint in ENDPOINTS if endpoint.open],
-            )
-        )
+    if keys:
+        open_paths = [endpoint.path for endpoint in ENDPOINTS if endpoint.open]
+        middlewares.append(auth_middleware(keys, open_paths=open_paths))
     app = web.Application(
         client_max_size=settings.proxy_max_body,
         middlewares=middlewares,
@@ -74,8 +89,9 @@ def create_app(
     app[STATE] = state
     app[METRICS] = metrics
     app[UPSTREAM] = upstream
-    app[GUARD] = guard
-    app[META_GUARD] = meta_guard
+    app[ADMISSION] = admission
+    app[KEYS] = keys
+    app[RATES] = rates
     app.cleanup_ctx.append(upstream_context(upstream))
     app.on_response_prepare.append(server_header)
     routes.add_routes(app)

@@ -224,6 +224,10 @@ class Catalog:
         """The aliases that point at ``model``."""
         return tuple(alias for alias, target in self.aliases if target == model.tag)
 
+    def names_of(self, model: Model) -> tuple[str, ...]:
+        """Every name ``model`` is known by here: its tag, its configured name, its aliases."""
+        return (model.tag, model.configured_as, *self.aliases_of(model))
+
     def label_names(self) -> tuple[tuple[str, Model], ...]:
         """Every label name with the model it resolves to, in :attr:`names` order, each once.
 

@@ -12,9 +12,11 @@ import math
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Literal, TypeVar
 
-from proxy.catalog import Catalog, CatalogError
+from proxy.catalog import Catalog, CatalogError, Model, UnknownModelError
+from proxy.keys import KeySpec, parse_keys
 
 __all__ = ["ConfigError", "LogFormat", "LogLevel", "Settings", "load_settings", "split_host_port"]
 
@@ -61,7 +63,10 @@ class Settings:
     proxy_max_body: int = 8 * 1024 * 1024
     proxy_request_timeout: float = 600.0
     proxy_client_timeout: float = 30.0
-    proxy_max_concurrency: int = 4
+    ollama_num_parallel: int = 1
+    proxy_max_concurrency: int | None = None
+    model_concurrency: tuple[tuple[str, int], ...] = ()
+    keys: tuple[KeySpec, ...] = ()
     proxy_max_queue: int = 512
     proxy_max_embed_inputs: int = 2048
     proxy_max_embed_input_chars: int = 32768
@@ -75,8 +80,28 @@ class Settings:
 
     @property
     def bind_host(self) -> str:
-        """The address the proxy really listens on: loopback only while no API key is set."""
-        return self.proxy_host if self.proxy_api_key else "127.0.0.1"
+        """The address the proxy really listens on: loopback only while no key is set."""
+        return self.proxy_host if self.proxy_api_key or self.keys else "127.0.0.1"
+
+    @property
+    def secrets(self) -> tuple[str, ...]:
+        """Every key the proxy knows in plain text: masked in every log line."""
+        keys = (self.proxy_api_key, self.proxy_admin_key, *(k.secret for k in self.keys))
+        return tuple(key for key in keys if key)
+
+    def budget(self, model: Model) -> int:
+        """How many requests for ``model`` may be in Ollama at once.
+
+        ``PROXY_MODEL_CONCURRENCY`` for that model, else ``PROXY_MAX_CONCURRENCY``, else a share
+        of ``OLLAMA_NUM_PARALLEL`` by kind: four times it for a chat model (streams last), eight
+        times for an embedding model (short, batched requests).
+        """
+        for tag, limit in self.model_concurrency:
+            if tag == model.tag:
+                return limit
+        if self.proxy_max_concurrency is not None:
+            return self.proxy_max_concurrency
+        return (8 if model.is_embedding else 4) * self.ollama_num_parallel
 
     @property
     def local_proxy_url(self) -> str:
@@ -129,7 +154,10 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         proxy_max_body=env.number("PROXY_MAX_BODY", 8 * 1024 * 1024, int, minimum=1024),
         proxy_request_timeout=env.number("PROXY_REQUEST_TIMEOUT", 600.0, float, minimum=0.1),
         proxy_client_timeout=env.number("PROXY_CLIENT_TIMEOUT", 30.0, float, minimum=0.1),
-        proxy_max_concurrency=env.number("PROXY_MAX_CONCURRENCY", 4 * num_parallel, int, minimum=1),
+        ollama_num_parallel=num_parallel,
+        proxy_max_concurrency=env.optional_number("PROXY_MAX_CONCURRENCY", minimum=1),
+        model_concurrency=_model_concurrency(env.text("PROXY_MODEL_CONCURRENCY", ""), catalog),
+        keys=_keys(env.text("PROXY_KEYS", ""), env.text("PROXY_KEYS_FILE", "")),
         # No stricter than Ollama alone: its own queue holds OLLAMA_MAX_QUEUE (512) requests.
         proxy_max_queue=env.number(
             "PROXY_MAX_QUEUE", env.number("OLLAMA_MAX_QUEUE", 512, int, minimum=0), int, minimum=0
@@ -143,7 +171,44 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
     )
     if settings.proxy_api_key and settings.proxy_api_key == settings.proxy_admin_key:
         raise ConfigError("PROXY_ADMIN_KEY", "must differ from PROXY_API_KEY")
+    listed = {key.secret for key in settings.keys}
+    if listed & {settings.proxy_api_key, settings.proxy_admin_key} - {None}:
+        raise ConfigError("PROXY_KEYS", "a key of PROXY_KEYS is also PROXY_API_KEY or its admin")
     return settings
+
+
+def _model_concurrency(text: str, catalog: Catalog) -> tuple[tuple[str, int], ...]:
+    """``model=N;model=N`` (``PROXY_MODEL_CONCURRENCY``), each model by its Ollama tag."""
+    variable = "PROXY_MODEL_CONCURRENCY"
+    limits = []
+    for item in filter(None, (part.strip() for part in text.split(";"))):
+        name, sep, number = (part.strip() for part in item.partition("="))
+        if not sep or not number.isdigit() or int(number) < 1:
+            raise ConfigError(variable, f"{item!r} is not of the form model=N (N at least 1)")
+        try:
+            model = catalog.resolve(name)
+        except UnknownModelError:
+            raise ConfigError(variable, f"{name!r} is not a configured model") from None
+        limits.append((model.tag, int(number)))
+    return tuple(limits)
+
+
+def _keys(text: str, path: str) -> tuple[KeySpec, ...]:
+    """The keys of ``PROXY_KEYS``, or of the file ``PROXY_KEYS_FILE`` names."""
+    if text and path:
+        raise ConfigError("PROXY_KEYS_FILE", "set PROXY_KEYS or PROXY_KEYS_FILE, not both")
+    variable = "PROXY_KEYS_FILE" if path else "PROXY_KEYS"
+    if path:
+        try:
+            text = Path(path).read_text(encoding="utf-8")
+        except OSError as exc:
+            raise ConfigError(variable, f"cannot read {path!r}: {exc.strerror}") from None
+    if not text:
+        return ()
+    try:
+        return parse_keys(text)
+    except ValueError as exc:
+        raise ConfigError(variable, str(exc)) from None
 
 
 def split_host_port(value: str, variable: str, default_port: int) -> tuple[str, int]:
@@ -206,6 +271,12 @@ class _Env:
             if value == choice:
                 return choice
         raise ConfigError(name, f"{value!r} is not one of {', '.join(map(str, choices))}")
+
+    def optional_number(self, name: str, *, minimum: int) -> int | None:
+        """An optional whole number: None when unset or empty."""
+        if not self._environ.get(name, "").strip():
+            return None
+        return self.number(name, minimum, int, minimum=minimum)
 
     def number(
         self,

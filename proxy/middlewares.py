@@ -10,7 +10,6 @@ key in constant time.
 from __future__ import annotations
 
 import asyncio
-import hmac
 import time
 import uuid
 from collections.abc import Iterable
@@ -21,7 +20,7 @@ from aiohttp.typedefs import Handler, Middleware
 from structlog.contextvars import bound_contextvars
 
 from proxy.access_log import Exchange, log_exchange
-from proxy.appkeys import EXCHANGE
+from proxy.appkeys import CALLER, EXCHANGE, RATES
 from proxy.endpoints import api_of, endpoint_for
 from proxy.errors import (
     AuthenticationError,
@@ -33,6 +32,7 @@ from proxy.errors import (
     error_response,
     send_and_close,
 )
+from proxy.keys import KeyRing
 from proxy.logs import get_logger
 from proxy.metrics import Metrics
 from proxy.upstream import unreachable
@@ -42,7 +42,6 @@ __all__ = [
     "auth_middleware",
     "bearer_token",
     "request_middleware",
-    "token_matches",
 ]
 
 CLIENT_CLOSED = 499
@@ -119,34 +118,28 @@ def request_middleware(*, metrics: Metrics, max_body: int) -> Middleware:
     return middleware
 
 
-def auth_middleware(
-    *, api_key: str, admin_key: str | None = None, open_paths: Iterable[str] = ()
-) -> Middleware:
-    """Build the middleware that requires ``Authorization: Bearer <api_key>``.
+def auth_middleware(keys: KeyRing, *, open_paths: Iterable[str] = ()) -> Middleware:
+    """Build the middleware that requires a key of ``keys``.
 
-    Args:
-        api_key: ``PROXY_API_KEY``. ``x-api-key: <key>`` is accepted too.
-        admin_key: ``PROXY_ADMIN_KEY``; when set it is accepted wherever the API key is.
-        open_paths: exact paths served without a key (the health probes).
+    The key comes as ``Authorization: Bearer <key>`` or ``x-api-key: <key>``; the key found is
+    the request's :data:`~proxy.appkeys.CALLER`. ``open_paths`` (the health probes) are served
+    without a key, but a key presented there still says who is asking.
     """
-    keys = tuple(key.encode() for key in (api_key, admin_key) if key)
     exempt = frozenset(open_paths)
 
     @web.middleware
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-        if request.path not in exempt:
-            token = bearer_token(request)
+        token = bearer_token(request)
+        caller = keys.identify(token) if token is not None else None
+        if caller is not None:
+            request[CALLER] = caller
+            request[EXCHANGE].key = caller.name
+        elif request.path not in exempt:
             if token is None:
                 raise AuthenticationError(
                     "missing API key: send the header 'Authorization: Bearer <key>'"
                 )
-            presented = token.encode("utf-8", "surrogateescape")
-            # Compare with every key, always, so timing reveals nothing about which one matched.
-            matched = False
-            for key in keys:
-                matched |= hmac.compare_digest(presented, key)
-            if not matched:
-                raise AuthenticationError("incorrect API key")
+            raise AuthenticationError("incorrect API key")
         return await handler(request)
 
     return middleware
@@ -167,29 +160,22 @@ def bearer_token(request: web.Request) -> str | None:
     return (api_key.strip() or None) if api_key else None
 
 
-def token_matches(request: web.Request, key: str | None) -> bool:
-    """Whether ``request`` presents ``key`` (constant-time; ``None`` never matches)."""
-    token = bearer_token(request)
-    if not key or token is None:
-        return False
-    return hmac.compare_digest(token.encode("utf-8", "surrogateescape"), key.encode())
-
-
 def _valid_request_id(value: str) -> bool:
     return len(value) <= _MAX_REQUEST_ID and value.isascii() and value.isprintable()
 
 
 def _finish(request: web.Request, exchange: Exchange, metrics: Metrics) -> None:
     seconds = time.perf_counter() - exchange.started
-    metrics.observe_request(
-        exchange.route, exchange.model, exchange.status, seconds, exchange.first_chunk_seconds
-    )
-    if (
+    stream_failed = (
         exchange.error is not None
         and exchange.first_chunk_at is not None
         and exchange.status != CLIENT_CLOSED
-    ):
-        metrics.observe_stream_error(exchange.route)
+    )
+    metrics.observe(exchange, seconds, stream_failed=stream_failed)
+    if exchange.usage is not None:
+        window = request.app[RATES].get(exchange.key)
+        if window is not None:
+            window.spent(exchange.usage.total)
     log_exchange(exchange, request.method, request.path, seconds)
 
 

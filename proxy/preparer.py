@@ -88,8 +88,11 @@ _KIND_VARIABLE = {
 }
 
 
-async def check_capabilities(session: aiohttp.ClientSession, base_url: str, model: Model) -> None:
-    """Ask Ollama (``/api/show``) what ``model`` can do and check it fits the configured kind.
+async def check_capabilities(
+    session: aiohttp.ClientSession, base_url: str, model: Model
+) -> int | None:
+    """Ask Ollama (``/api/show``) what ``model`` can do and check it fits the configured kind;
+    return the size of an embedding model's embeddings, when Ollama says.
 
     An Ollama that does not report capabilities (before 0.6) is taken at its word.
 
@@ -105,16 +108,20 @@ async def check_capabilities(session: aiohttp.ClientSession, base_url: str, mode
         if response.status != 200:
             raise ValueError(f"POST /api/show answered HTTP {response.status}")
         details = await response.json(content_type=None)
-    capabilities = details.get("capabilities") if isinstance(details, dict) else None
-    if not isinstance(capabilities, list):
-        return
+    details = details if isinstance(details, dict) else {}
+    capabilities = details.get("capabilities")
     needed = _NEEDED_CAPABILITY[model.kind]
-    if needed not in capabilities:
+    if isinstance(capabilities, list) and needed not in capabilities:
         can = ", ".join(map(str, capabilities)) or "nothing"
         raise MisconfiguredError(
             f"{model.configured_as} is listed in {_KIND_VARIABLE[model.kind]}, but Ollama says "
             f"it cannot do {needed} (it can do: {can}); list it under the other kind"
         )
+    info = details.get("model_info")
+    if not model.is_embedding or not isinstance(info, dict):
+        return None
+    sizes = [v for k, v in info.items() if k.endswith(".embedding_length") and isinstance(v, int)]
+    return sizes[0] if sizes else None
 
 
 async def warm_model(session: aiohttp.ClientSession, base_url: str, model: Model) -> float:
@@ -219,8 +226,8 @@ class ModelPreparer:
             else:
                 async with pull_slots:
                     await self._pull(tag)
-            await check_capabilities(self._session, self._base_url, model)
-            self._state.set_model(tag, ModelStatus.PRESENT)
+            size = await check_capabilities(self._session, self._base_url, model)
+            self._state.set_model(tag, ModelStatus.PRESENT, dimensions=size)
             if self._warm:
                 async with warm_slot:
                     self._state.set_model(tag, ModelStatus.LOADING)

@@ -39,6 +39,8 @@ from proxy.endpoints import Framing
 from proxy.errors import stream_error_frame
 from proxy.logs import get_logger
 from proxy.upstream import connection_failure, timeout_error, unreachable
+from proxy.usage import TAIL as USAGE_TAIL
+from proxy.usage import UsageChunkFilter, usage_in
 
 __all__ = ["relay"]
 
@@ -69,13 +71,17 @@ async def relay(
     client_timeout: aiohttp.ClientTimeout,
     events: Framing = Framing.SSE,
     check_end: bool = True,
+    count_usage: bool = False,
+    hide_usage: bool = False,
 ) -> web.StreamResponse:
     """Relay ``upstream`` (headers read) to the client; always releases or closes ``upstream``.
 
     SSE and NDJSON bodies are relayed as streams; anything else keeps its status, content type
     and length. ``events`` says how the endpoint frames its server-sent events (how they end,
     how an error is reported). ``check_end`` enables the truncation check for streams (model
-    routes: on; pulls, whose NDJSON has no ``done`` line: off).
+    routes: on; pulls, whose NDJSON has no ``done`` line: off). ``count_usage`` reads the token
+    counts from the answer's end into ``exchange.usage``; ``hide_usage`` takes an OpenAI stream's
+    usage-only chunk out (the proxy asked for it, the client did not).
 
     Raises:
         UpstreamTimeoutError: Ollama went silent before the first piece.
@@ -98,6 +104,7 @@ async def relay(
         response.content_length = upstream.content_length
     watch = _StallWatch(request, exchange, request.app[SETTINGS].proxy_client_timeout)
     named = _LastEvent() if framing in _LAST_EVENTS else None
+    hidden = UsageChunkFilter() if hide_usage and framing is Framing.SSE else None
     failure: str | None = None
     prev = last = b""
     chunks = size = 0
@@ -109,7 +116,7 @@ async def relay(
         write = response.write
         while chunk:
             watch.since = time.monotonic()
-            await write(chunk)
+            await write(chunk if hidden is None else hidden.feed(chunk))
             watch.since = 0.0
             chunks += 1
             size += len(chunk)
@@ -134,7 +141,9 @@ async def relay(
                 failure = _incomplete_end(framing, prev, last)
         if failure is None:
             upstream.release()
-            await response.write_eof()
+            if count_usage:
+                exchange.usage = usage_in(hidden.taken if hidden else (prev + last)[-USAGE_TAIL:])
+            await response.write_eof(hidden.flush() if hidden else b"")
         else:
             upstream.close()
             exchange.error = failure

@@ -108,6 +108,8 @@ class ModelState:
     reason: str | None = None
     progress: float | None = None
     misconfigured: bool = False
+    dimensions: int | None = None
+    """The size of an embedding model's embeddings, once Ollama said."""
 
     def as_json(self) -> dict[str, Any]:
         data: dict[str, Any] = {"kind": str(self.kind), "state": str(self.status)}
@@ -239,6 +241,7 @@ class InstanceState:
         progress: float | None = None,
         *,
         misconfigured: bool = False,
+        dimensions: int | None = None,
     ) -> None:
         """Record a model's status (owned by the pull and warm-up workers).
 
@@ -248,6 +251,7 @@ class InstanceState:
         model = self._models[tag]
         model.status, model.reason, model.progress = status, reason, progress
         model.misconfigured = misconfigured
+        model.dimensions = dimensions if dimensions is not None else model.dimensions
         self._update()
 
     def set_stopping(self) -> None:

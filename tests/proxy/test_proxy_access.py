@@ -217,8 +217,8 @@ async def test_metrics(proxy: Proxy, http: aiohttp.ClientSession) -> None:
         assert response.headers["Content-Type"].startswith("text/plain; version=0.0.4")
         text = await response.text()
     for expected in (
-        f'proxy_requests_total{{model="{CHAT}",route="/api/chat",status="200"}}',
-        'proxy_requests_total{model="",route="/metrics",status="401"}',
+        f'proxy_requests_total{{key="default",model="{CHAT}",route="/api/chat",status="200"}}',
+        'proxy_requests_total{key="local",model="",route="/metrics",status="401"}',
         'proxy_request_duration_seconds_bucket{le="0.005",route="/api/chat"}',
         'proxy_time_to_first_chunk_seconds_count{route="/api/chat"}',
         "proxy_requests_in_flight 0.0",
@@ -226,6 +226,11 @@ async def test_metrics(proxy: Proxy, http: aiohttp.ClientSession) -> None:
         "proxy_ollama_restarts_total 0.0",
         "proxy_ready 1.0",
         f'proxy_model_servable{{model="{CHAT}"}} 1.0',
+        f'proxy_model_requests_in_flight{{model="{CHAT}"}} 0.0',
+        f'proxy_model_loaded{{model="{CHAT}"}}',
+        f'proxy_completion_tokens_total{{key="default",model="{CHAT}"}}',
+        f'proxy_time_to_first_token_seconds_count{{key="default",model="{CHAT}"}}',
+        f'proxy_queue_wait_seconds_count{{key="default",model="{CHAT}"}}',
         f'proxy_model_pull_duration_seconds_count{{model="{CHAT}",outcome="success"}} 1.0',
     ):
         assert expected in text

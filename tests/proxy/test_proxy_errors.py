@@ -11,7 +11,7 @@ import openai
 import pytest
 from proxy_support import API_KEY, CHAT, CHAT2, EMBED, MESSAGES, Proxy, serve_proxy, simulator
 
-from proxy.appkeys import GUARD
+from proxy.appkeys import ADMISSION
 from proxy.state import ModelStatus, OllamaStatus
 from proxy.testing.harness import await_until, free_port
 from proxy.testing.services import SimulatorProcess
@@ -226,7 +226,7 @@ async def test_a_full_queue_is_429_and_a_short_one_waits(http: aiohttp.ClientSes
         simulator({"SIM_TOKEN_DELAY": "0.05", "SIM_NUM_TOKENS": "100000"}) as slow,
         serve_proxy(slow.url, proxy_max_concurrency=1, proxy_max_queue=1) as busy,
     ):
-        guard = busy.app[GUARD]
+        guard = busy.app[ADMISSION]
         async with http.post(busy.url + OLLAMA_CHAT, json=body, headers=busy.headers) as first:
             await first.content.readline()  # the slot is taken, for as long as this stream lasts
             queued = asyncio.create_task(post(http, busy, "/api/generate", short))
@@ -235,7 +235,7 @@ async def test_a_full_queue_is_429_and_a_short_one_waits(http: aiohttp.ClientSes
             for path in (OPENAI_CHAT, OLLAMA_CHAT):
                 status, document, headers = await post(http, busy, path, {**body, "stream": False})
                 assert status == 429
-                assert headers["Retry-After"] == "1"
+                assert int(headers["Retry-After"]) >= 1  # estimated from service times
                 assert "busy" in message_of(path, document, status=429)
             assert not queued.done()
             first.close()  # the client goes away: its stream ends and the slot passes on

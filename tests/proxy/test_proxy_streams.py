@@ -17,7 +17,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 from proxy_support import API_KEY, CHAT, MESSAGES, PROMPT, Proxy, serve_proxy, simulator
 
-from proxy.appkeys import GUARD
+from proxy.appkeys import ADMISSION
 from proxy.testing.services import SimulatorProcess
 from tests.clients import CLIENT_TIMEOUT, CLIENT_TIMEOUT_SECONDS
 
@@ -57,7 +57,7 @@ async def _assert_cancelled_upstream(sim: SimulatorProcess, proxy: Proxy, before
     closed = await wait_for(lambda: upstream_connections(sim.port) == 0, CANCEL_DEADLINE)
     # The simulator notices at its next token write (every TOKEN_DELAY s) and stops generating.
     await wait_for(lambda: sim.logs().count(SIM_GAVE_UP) > before, CANCEL_DEADLINE + TOKEN_DELAY)
-    await wait_for(lambda: proxy.app[GUARD].active == 0, CANCEL_DEADLINE)
+    await wait_for(lambda: proxy.app[ADMISSION].active == 0, CANCEL_DEADLINE)
     assert closed < CANCEL_DEADLINE
 
 

@@ -164,13 +164,20 @@ def user_messages(text: str) -> list[dict[str, str]]:
     return [{"role": "user", "content": text}]
 
 
-def check_sse_chat(events: Sequence[str], messages: Any, num_tokens: int) -> int:
+def check_sse_chat(
+    events: Sequence[str], messages: Any, num_tokens: int, *, usage: bool = False
+) -> int:
     """``data:`` texts of a /v1/chat/completions stream: one token per chunk, in order, then the
-    finish chunk, then ``[DONE]`` once. Returns the number of chunks checked."""
+    finish chunk, then (``usage``) the usage chunk, then ``[DONE]`` once. Returns the number of
+    chunks checked."""
     tokens = expected_tokens(CHAT, messages, num_tokens)
     if not events or events[-1] != "[DONE]":
         raise StreamMismatch(f"the stream does not end with [DONE]: {events[-2:]}")
     chunks = [json.loads(e) for e in events[:-1]]
+    if usage:
+        last = chunks.pop()
+        if last["choices"] or last["usage"]["completion_tokens"] != len(tokens):
+            raise StreamMismatch(f"no usage chunk for {len(tokens)} tokens: {last}")
     if len(chunks) != len(tokens) + 1:
         raise StreamMismatch(f"{len(chunks)} chunks for {len(tokens)} tokens")
     for i, (chunk, token) in enumerate(zip(chunks, tokens, strict=False)):

@@ -1,7 +1,10 @@
 from __future__ import annotations
 
+import hashlib
+import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -74,8 +77,72 @@ def test_bad_values_name_the_variable(environ: dict[str, str], variable: str) ->
     assert caught.value.variable == variable
 
 
-def test_concurrency_default_scales_with_ollama_parallelism() -> None:
-    assert load_settings({"OLLAMA_NUM_PARALLEL": "3"}).proxy_max_concurrency == 12
+def test_each_models_budget_scales_with_ollama_parallelism_and_its_kind() -> None:
+    env = {"OLLAMA_CHAT_MODELS": "a,b", "OLLAMA_EMBEDDING_MODELS": "e", "OLLAMA_NUM_PARALLEL": "3"}
+    settings = load_settings(env)
+    budgets = {m.configured_as: settings.budget(m) for m in settings.catalog}
+    assert budgets == {"a": 12, "b": 12, "e": 24}
+    settings = load_settings(
+        {**env, "PROXY_MAX_CONCURRENCY": "5", "PROXY_MODEL_CONCURRENCY": "b=2"}
+    )
+    assert {m.configured_as: settings.budget(m) for m in settings.catalog} == {
+        "a": 5,
+        "b": 2,
+        "e": 5,
+    }
+    with pytest.raises(ConfigError, match="'x' is not a configured model"):
+        load_settings({**env, "PROXY_MODEL_CONCURRENCY": "x=2"})
+    with pytest.raises(ConfigError, match="model=N"):
+        load_settings({**env, "PROXY_MODEL_CONCURRENCY": "a=0"})
+
+
+def test_scoped_keys_come_as_json_toml_or_a_file(tmp_path: Path) -> None:
+    digest = hashlib.sha256(b"team-a-key-0123456789").hexdigest()
+    toml = f'''
+[[keys]]
+name = "team-a"
+sha256 = "{digest}"
+models = ["smollm2*"]
+apis = ["openai"]
+concurrency = 2
+weight = 3
+'''
+    as_json = json.dumps({"keys": [{"name": "team-b", "key": "team-b-key-0123456789"}]})
+    path = tmp_path / "keys.toml"
+    path.write_text(toml)
+    for env in ({"PROXY_KEYS": toml}, {"PROXY_KEYS_FILE": str(path)}):
+        (key,) = load_settings(env).keys
+        assert (key.name, key.sha256, key.concurrency, key.weight) == ("team-a", digest, 2, 3)
+        assert key.secret is None
+    settings = load_settings({"PROXY_KEYS": as_json, "PROXY_HOST": "0.0.0.0"})
+    assert settings.secrets == ("team-b-key-0123456789",)
+    assert settings.bind_host == "0.0.0.0", "keys alone open the port"
+
+
+@pytest.mark.parametrize(
+    ("document", "problem"),
+    [
+        ("keys = 3", "a list of keys"),
+        ('[[keys]]\nname = "a"', "exactly one of key and sha256"),
+        ('[[keys]]\nname = "A B"\nkey = "0123456789abcdef"', "name must be"),
+        ('[[keys]]\nname = "a"\nkey = "short"', "16 or more"),
+        ('[[keys]]\nname = "a"\nsha256 = "abc"', "64 lowercase hex"),
+        ('[[keys]]\nname = "a"\nkey = "0123456789abcdef"\napis = ["grpc"]', "apis are"),
+        ('[[keys]]\nname = "a"\nkey = "0123456789abcdef"\nweight = 0', "at least 1"),
+        ('[[keys]]\nname = "a"\nkey = "0123456789abcdef"\nmodel = ["x"]', "unknown fields"),
+        (
+            '[[keys]]\nname = "a"\nkey = "0123456789abcdef"\n'
+            '[[keys]]\nname = "a"\nkey = "fedcba9876543210"',
+            "same name",
+        ),
+        ("{not json or toml", "neither JSON nor TOML"),
+    ],
+)
+def test_a_bad_keys_document_is_a_config_error(document: str, problem: str) -> None:
+    with pytest.raises(ConfigError, match=problem) as caught:
+        load_settings({"PROXY_KEYS": document})
+    assert caught.value.variable == "PROXY_KEYS"
+    assert "0123456789abcdef" not in str(caught.value), "never quotes a key"
 
 
 def test_bad_value_exits_2_with_one_line_naming_the_variable() -> None:
