@@ -14,6 +14,7 @@ from proxy_support import ADMIN_KEY, API_KEY, CHAT, EMBED, MESSAGES, Proxy, serv
 
 from proxy.appkeys import METRICS
 from proxy.testing.services import SimulatorProcess
+from tests.clients import CLIENT_TIMEOUT_SECONDS
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
@@ -156,7 +157,11 @@ async def test_management_is_refused_when_no_admin_key_is_set(
 
 
 async def test_management_is_forwarded_with_the_admin_key(proxy: Proxy) -> None:
-    admin = ollama.AsyncClient(host=proxy.url, headers={"Authorization": f"Bearer {ADMIN_KEY}"})
+    admin = ollama.AsyncClient(
+        host=proxy.url,
+        headers={"Authorization": f"Bearer {ADMIN_KEY}"},
+        timeout=CLIENT_TIMEOUT_SECONDS,
+    )
     progress = [part async for part in await admin.pull("smollm:360m", stream=True)]
     assert progress[0].status == "pulling manifest"
     assert progress[-1].status == "success"

@@ -123,7 +123,7 @@ def test_thinking_is_relaxed_for_a_model_that_cannot(client: anthropic.Anthropic
 
 async def test_a_runner_failure_before_the_first_token_is_a_500(make_sim: MakeSim) -> None:
     sim = await make_sim({"SIM_STREAM_ERROR_AFTER": "0"})
-    await ollama.AsyncClient(host=sim.url).pull(CHAT_MODEL)
+    await ollama.AsyncClient(host=sim.url, timeout=CLIENT_TIMEOUT_SECONDS).pull(CHAT_MODEL)
     client = _client(sim.url)
     with (
         pytest.raises(anthropic.InternalServerError, match="unexpected EOF"),
