@@ -10,6 +10,10 @@ cd "$(dirname "$0")/.."
 
 scripts/bootstrap.sh
 export PATH="$PWD/.venv/bin:$PATH"
+# The uv bootstrap installed for itself, if it had to: last on PATH, for the scripts that need uv.
+if ! command -v uv >/dev/null && [[ -x .bootstrap/venv/bin/uv ]]; then
+    PATH="$PATH:$PWD/.bootstrap/venv/bin"
+fi
 
 case "${CI:-}" in
 "" | 0 | false | False | FALSE) ci=0 ;;
