@@ -9,11 +9,12 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 scripts/bootstrap.sh
-export PATH="$PWD/.venv/bin:$PATH"
 # The uv bootstrap installed for itself, if it had to: last on PATH, for the scripts that need uv.
 if ! command -v uv >/dev/null && [[ -x .bootstrap/venv/bin/uv ]]; then
     PATH="$PATH:$PWD/.bootstrap/venv/bin"
 fi
+machine_path="$PATH" # its python3 has pip, which real-ollama.sh needs (.venv's has none)
+export PATH="$PWD/.venv/bin:$PATH"
 
 case "${CI:-}" in
 "" | 0 | false | False | FALSE) ci=0 ;;
@@ -25,7 +26,7 @@ echo "== mypy" && mypy
 echo "== shellcheck" && shellcheck scripts/*.sh .ci/run
 echo "== hadolint" && hadolint Dockerfile
 if ((ci)); then
-    echo "== real ollama" && scripts/real-ollama.sh >/dev/null
+    echo "== real ollama" && PATH="$machine_path" scripts/real-ollama.sh >/dev/null
 fi
 echo "== pytest" && pytest "$@"
 echo "== image" && scripts/image-check.sh
