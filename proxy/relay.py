@@ -73,6 +73,7 @@ async def relay(
     check_end: bool = True,
     count_usage: bool = False,
     hide_usage: bool = False,
+    rename: tuple[bytes, bytes] | None = None,
 ) -> web.StreamResponse:
     """Relay ``upstream`` (headers read) to the client; always releases or closes ``upstream``.
 
@@ -81,7 +82,8 @@ async def relay(
     how an error is reported). ``check_end`` enables the truncation check for streams (model
     routes: on; pulls, whose NDJSON has no ``done`` line: off). ``count_usage`` reads the token
     counts from the answer's end into ``exchange.usage``; ``hide_usage`` takes an OpenAI stream's
-    usage-only chunk out (the proxy asked for it, the client did not).
+    usage-only chunk out (the proxy asked for it, the client did not); ``rename`` replaces the
+    bytes of its first item with its second in every piece (the model as the client named it).
 
     Raises:
         UpstreamTimeoutError: Ollama went silent before the first piece.
@@ -100,7 +102,7 @@ async def relay(
     if framing is not None:
         headers.update({"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
     response = web.StreamResponse(status=upstream.status, headers=headers)
-    if framing is None and upstream.content_length is not None:
+    if framing is None and upstream.content_length is not None and rename is None:
         response.content_length = upstream.content_length
     watch = _StallWatch(request, exchange, request.app[SETTINGS].proxy_client_timeout)
     named = _LastEvent() if framing in _LAST_EVENTS else None
@@ -116,7 +118,8 @@ async def relay(
         write = response.write
         while chunk:
             watch.since = time.monotonic()
-            await write(chunk if hidden is None else hidden.feed(chunk))
+            out = chunk if rename is None else chunk.replace(*rename)
+            await write(out if hidden is None else hidden.feed(out))
             watch.since = 0.0
             chunks += 1
             size += len(chunk)

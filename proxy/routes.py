@@ -11,6 +11,7 @@ one place (:func:`_listing`), enriched with Ollama's details when it is up.
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Awaitable, Callable, Mapping
 from datetime import datetime
@@ -131,9 +132,18 @@ def _model_route(endpoint: Endpoint) -> Handler:
                 events=endpoint.events,
                 count_usage=True,
                 hide_usage=hide_usage,
+                rename=_echo(model.tag, requested),
             )
 
     return handler
+
+
+def _echo(tag: str, requested: str) -> tuple[bytes, bytes] | None:
+    """The answer's ``"model"`` as the client named it, as Ollama and OpenAI answer (the proxy
+    sent Ollama the tag)."""
+    if requested == tag:
+        return None
+    return b'"model":' + json.dumps(tag).encode(), b'"model":' + json.dumps(requested).encode()
 
 
 def _ask_for_usage(body: dict[str, Any], endpoint: Endpoint) -> bool:

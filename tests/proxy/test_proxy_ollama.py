@@ -74,7 +74,7 @@ async def test_generate(proxy: Proxy) -> None:
     streamed = [p.response async for p in await client.generate(CHAT, PROMPT, stream=True)]
     assert whole.response == expected_text(CHAT, PROMPT, NUM_TOKENS)
     assert "".join(streamed) == whole.response
-    assert whole.model == CHAT
+    assert whole.model == f"ubiops-deployment/d/v1/{CHAT}", "echoed as the client named it"
 
 
 async def test_embed_and_legacy_embeddings(proxy: Proxy) -> None:

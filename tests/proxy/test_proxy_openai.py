@@ -92,11 +92,15 @@ async def test_chat_stream_async_with_usage(proxy: Proxy) -> None:
         "registry.ollama.ai/library/smollm2:135m",
     ],
 )
-async def test_names_are_rewritten_to_the_tag(proxy: Proxy, name: str) -> None:
+async def test_every_name_reaches_the_model_and_is_echoed(proxy: Proxy, name: str) -> None:
     async with async_client(proxy) as client:
         result = await client.chat.completions.create(model=name, messages=MESSAGES)
+        stream = await client.chat.completions.create(model=name, messages=MESSAGES, stream=True)
+        chunks = [chunk async for chunk in stream]
     assert result.choices[0].message.content == expected_text(CHAT, MESSAGES, NUM_TOKENS)
-    assert result.model == CHAT  # what Ollama says, not what the client sent
+    # The answer names the model as the client did, as Ollama and OpenAI answer.
+    assert result.model == name
+    assert {chunk.model for chunk in chunks} == {name}
 
 
 async def test_completions(proxy: Proxy) -> None:
