@@ -9,10 +9,12 @@ models are being downloaded, or after at most two minutes, so neither a validati
 start waits for a download; it fails only when the model server cannot start at all. Until the
 proxy serves, a request fails at once with a message that says it is starting and why.
 
-Request input (plain): the OpenAI body as JSON text. ``messages`` goes to chat completions,
-``prompt`` to completions, ``input`` to embeddings. With ``"stream": true`` every chunk is sent
-through ``streaming_update`` and the result is the JSON list of chunks (a streamed chat asks for
-token usage, so its last chunk has ``usage`` and no choices); otherwise the result is the OpenAI
+Request input (plain): an API body as JSON text. ``messages`` goes to chat completions,
+``prompt`` to completions, ``input`` to the Responses API (chat model) or embeddings (embedding
+model); an ``"endpoint"`` field names the endpoint outright (``"/v1/messages"``: Anthropic's
+Messages API) and is not sent on. With ``"stream": true`` every event's JSON text is sent through
+``streaming_update`` and the result is the JSON list of them (a streamed chat asks for token
+usage, so its last chunk has ``usage`` and no choices); otherwise the result is the API's
 response JSON. Errors come back as the request's error message, in the proxy's words (the same
 as through its port).
 """

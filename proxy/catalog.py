@@ -29,6 +29,7 @@ __all__ = [
     "Model",
     "ModelKind",
     "UnknownModelError",
+    "is_cloud",
     "label_name",
     "name_key",
     "normalise",
@@ -74,9 +75,13 @@ class UnknownModelError(LookupError):
         self.requested = requested
         self.available = tuple(available)
         listing = ", ".join(self.available) or "none are configured"
-        super().__init__(
-            f"model {requested!r} is not served by this deployment; available models: {listing}"
+        what = (
+            "is an ollama.com cloud model, which this deployment does not serve (it runs "
+            "models locally)"
+            if is_cloud(strip_ubiops_prefix(requested))
+            else "is not served by this deployment"
         )
+        super().__init__(f"model {requested!r} {what}; available models: {listing}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,6 +95,17 @@ class Model:
     @property
     def is_embedding(self) -> bool:
         return self.kind is ModelKind.EMBEDDING
+
+
+def is_cloud(name: str) -> bool:
+    """Whether ``name`` names an ollama.com cloud model (tag ``cloud`` or ``<tag>-cloud``).
+
+    Ollama forwards such models to ollama.com under the signed-in account; this project serves
+    local models only. The rule is Ollama's own (``internal/modelref``).
+    """
+    _, sep, tag = name.strip().rpartition(":")
+    tag = tag.strip().lower()
+    return bool(sep) and "/" not in tag and (tag == "cloud" or tag.endswith("-cloud"))
 
 
 def name_key(name: str) -> str:
@@ -324,4 +340,10 @@ def _check_name(variable: str, name: str) -> None:
     if name.startswith(UBIOPS_MODEL_PREFIX):
         raise CatalogError(
             variable, f"{name!r}: list the Ollama name, not the UbiOps endpoint name"
+        )
+    if is_cloud(name):
+        raise CatalogError(
+            variable,
+            f"{name!r} is an ollama.com cloud model: it runs on ollama.com under an account, "
+            "not in this deployment; list local models only",
         )

@@ -3,16 +3,10 @@
 Every UbiOps request process owns one :class:`ProxyClient`: a private asyncio loop and one
 keep-alive connection to the proxy on loopback, driven from the calling thread, so UbiOps'
 synchronous ``request()`` needs no extra thread and ``streaming_update`` runs on the request
-thread. The client is thin on purpose: it picks the endpoint from the payload's input field
-(:func:`~proxy.endpoints.ubiops_endpoints`) and relays. The proxy alone resolves models, checks
-kinds and fields and words the errors; its error message becomes the ``public_error_message``,
-so a request is judged the same through UbiOps as through the proxy's port.
-
-Nothing is re-serialised: JSON text is sent as that text, streamed chunks are relayed as the text
-of each SSE event, and a streamed answer's result is those texts joined into a JSON list. The one
-change to a payload: a streamed chat completion without ``stream_options`` gets
-``"stream_options": {"include_usage": true}`` (as UbiOps' own LLM tutorials send), so the answer
-ends with one more chunk, ``choices: []`` and the token ``usage``, that UbiOps' token metrics read.
+thread. The client is thin on purpose: it sends each request where :mod:`proxy.ubiops_request`
+routes it and relays the answer. The proxy alone resolves models, checks kinds and fields and
+words the errors; its error message becomes the ``public_error_message``, so a request is judged
+the same through UbiOps as through the proxy's port.
 
 Start-up (see :meth:`ProxyClient.wait_started`): UbiOps builds the ``Deployment`` object when an
 instance starts *and* when it validates a new version ("checking if initialisation of the
@@ -26,7 +20,6 @@ pulled, with its progress), instead of waiting out the platform's request timeou
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import threading
 import time
@@ -36,25 +29,24 @@ from typing import Any, TypeVar
 import aiohttp
 
 from proxy.config import Settings
-from proxy.endpoints import Endpoint, ubiops_endpoints
 from proxy.logs import get_logger
-from proxy.sse import SSEDecoder
 from proxy.state import NotServingError, Phase, Readiness, wait_until_serving
+from proxy.ubiops_request import (
+    ProxyUnavailableError,
+    PublicError,
+    RequestFailedError,
+    StreamCallback,
+    body_of,
+    error_message,
+    relay_events,
+    route,
+)
 
-__all__ = [
-    "DOWNLOAD_GRACE",
-    "STARTUP_WAIT",
-    "ProxyClient",
-    "ProxyUnavailableError",
-    "PublicError",
-    "RequestFailedError",
-    "choose_endpoint",
-]
+__all__ = ["DOWNLOAD_GRACE", "STARTUP_WAIT", "ProxyClient"]
 
 log = get_logger(__name__)
 
 T = TypeVar("T")
-StreamCallback = Callable[[str], object]
 
 STARTUP_WAIT = 120.0
 """At most how long :meth:`ProxyClient.wait_started` waits (and READY_TIMEOUT when shorter): far
@@ -63,9 +55,6 @@ DOWNLOAD_GRACE = 10.0
 """How long :meth:`ProxyClient.wait_started` keeps waiting once a model is being downloaded: a
 short pull is waited for, a long one is not."""
 
-_ENDPOINTS = ubiops_endpoints()
-_CHAT_PATH = "/v1/chat/completions"
-_USAGE_OPTION = b'"stream_options":{"include_usage":true},'
 _DOWNLOADING = "pulling"
 _READY_PROBE_TIMEOUT = aiohttp.ClientTimeout(total=5.0)
 _PROBE_ERRORS = (aiohttp.ClientError, TimeoutError, ValueError)
@@ -73,54 +62,6 @@ _STALE_CONNECTION = aiohttp.ClientOSError
 """What writing to a pooled connection the proxy closed raises ("Can not write request body")."""
 _CONNECT_TIMEOUT = 10.0
 _REDACTED = "[redacted]"
-
-
-class PublicError(Exception):
-    """An error whose ``public_error_message`` UbiOps shows to the caller as the request error."""
-
-    def __init__(self, message: str) -> None:
-        super().__init__(message)
-        self.public_error_message = message
-
-
-class ProxyUnavailableError(PublicError):
-    """The proxy is not reachable, not ready, or never became ready."""
-
-
-class RequestFailedError(PublicError):
-    """The request cannot be sent, or the proxy answered it with an error (``status``)."""
-
-    def __init__(self, message: str, status: int | None = None) -> None:
-        super().__init__(message)
-        self.status = status
-
-
-def choose_endpoint(body: bytes) -> Endpoint:
-    """The endpoint a UbiOps payload goes to: the first whose input field it carries.
-
-    A payload that is not a JSON object goes to the first endpoint, whose answer says why.
-    """
-    return _prepare(body)[0]
-
-
-def _prepare(body: bytes) -> tuple[Endpoint, bytes]:
-    """The endpoint and the body to send it: as it came, or with usage asked for (module doc)."""
-    try:
-        payload = json.loads(body)
-    except (ValueError, RecursionError):
-        payload = None
-    if not isinstance(payload, dict):
-        return _ENDPOINTS[0], body
-    endpoint = next((e for e in _ENDPOINTS if e.ubiops_field in payload), _ENDPOINTS[0])
-    if (
-        endpoint.path == _CHAT_PATH
-        and payload.get("stream") is True
-        and "stream_options" not in payload
-    ):
-        start = len(body) - len(body.lstrip())
-        if body[start : start + 1] == b"{":
-            body = body[: start + 1] + _USAGE_OPTION + body[start + 1 :]
-    return endpoint, body
 
 
 class ProxyClient:
@@ -197,7 +138,7 @@ class ProxyClient:
                 message never holds a key of the proxy: UbiOps logs it.
         """
         try:
-            return self._run(self._forward(_body_of(data), streaming_update))
+            return self._run(self._forward(body_of(data), streaming_update))
         except PublicError as exc:
             for secret in self._secrets:
                 exc.public_error_message = exc.public_error_message.replace(secret, _REDACTED)
@@ -272,11 +213,10 @@ class ProxyClient:
         if not self._served:
             await self._starting()
         session = self._get_session()
-        endpoint, body = _prepare(body)
-        path = endpoint.path
+        routed = route(body, self._settings.catalog)
         for attempt in (1, 2):
             try:
-                resp = await session.post(path, data=body)
+                resp = await session.post(routed.endpoint.path, data=routed.body)
                 break
             except (aiohttp.ServerDisconnectedError, _STALE_CONNECTION) as exc:
                 # A pooled connection the proxy closed (it restarted): once more, fresh. (Not a
@@ -299,10 +239,10 @@ class ProxyClient:
         async with resp:
             try:
                 if resp.status >= 400:
-                    raise RequestFailedError(_message(await resp.read()), resp.status)
+                    raise RequestFailedError(error_message(await resp.read()), resp.status)
                 if resp.content_type != "text/event-stream":
                     return (await resp.read()).decode()
-                return await _relay_events(resp, streaming_update)
+                return await relay_events(resp, routed.endpoint.events, streaming_update)
             except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError, TimeoutError) as e:
                 raise RequestFailedError(
                     f"The connection to the model server was lost while it answered "
@@ -324,58 +264,6 @@ def _downloading(readiness: Readiness) -> bool:
     if not isinstance(models, dict):
         return False
     return any(isinstance(m, dict) and m.get("state") == _DOWNLOADING for m in models.values())
-
-
-async def _relay_events(
-    resp: aiohttp.ClientResponse, streaming_update: StreamCallback | None
-) -> str:
-    chunks: list[str] = []
-    decoder = SSEDecoder()
-    async for piece in resp.content.iter_any():
-        for text in decoder.feed(piece):
-            if text == "[DONE]":
-                return "[" + ",".join(chunks) + "]"
-            if '"error"' in text and (error := _error_of(text)) is not None:
-                raise RequestFailedError(f"The answer failed after {len(chunks)} chunks: {error}")
-            chunks.append(text)
-            if streaming_update is not None:
-                streaming_update(text)
-    raise RequestFailedError(
-        f"The model server ended the stream early, after {len(chunks)} chunks and without "
-        "[DONE]; the answer is incomplete. Retry the request."
-    )
-
-
-def _body_of(data: object) -> bytes:
-    """The request body: JSON text as it came, anything else as JSON."""
-    if isinstance(data, bytes | bytearray):
-        return bytes(data)
-    if isinstance(data, str):
-        return data.encode("utf-8", "surrogatepass")
-    try:
-        return json.dumps(data).encode()
-    except RecursionError:
-        raise RequestFailedError("the request body is nested too deeply") from None
-    except (TypeError, ValueError) as exc:
-        raise RequestFailedError(f"The request cannot be sent as JSON: {exc}.") from None
-
-
-def _error_of(text: str) -> str | None:
-    """The message of an event or body that reports an error, or None for anything else."""
-    try:
-        document = json.loads(text)
-    except ValueError:
-        return None
-    error = document.get("error") if isinstance(document, dict) else None
-    if isinstance(error, dict):
-        error = error.get("message") or json.dumps(error)
-    return str(error) if error else None
-
-
-def _message(raw: bytes) -> str:
-    """The proxy's error message, as it worded it."""
-    text = raw.decode(errors="replace")
-    return _error_of(text) or text.strip()[:500] or "the model server gave no details"
 
 
 def _describe(exc: BaseException) -> str:

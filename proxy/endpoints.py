@@ -3,8 +3,8 @@
 :data:`ENDPOINTS` is the table: method, path, API, what the proxy does with it, and for model
 routes the model kind, streaming default and the fields the proxy relies on. The application
 generates its handlers from it (:mod:`proxy.routes`); the request processes pick their endpoint
-from it (:mod:`proxy.client`); error shapes follow each endpoint's API. This module is plain data,
-light enough for the request processes to import.
+from it (:mod:`proxy.ubiops_request`); error shapes follow each endpoint's API. This module is
+plain data, light enough for the request processes to import.
 """
 
 from __future__ import annotations
@@ -247,5 +247,5 @@ def api_of(path: str) -> Api:
 
 def ubiops_endpoints() -> tuple[Endpoint, ...]:
     """The endpoints a UbiOps request can reach, in the order their fields are looked for
-    (where two share a field, the first is the default: see :mod:`proxy.client`)."""
+    (where two share a field, the model's kind decides: see :mod:`proxy.ubiops_request`)."""
     return tuple(endpoint for endpoint in ENDPOINTS if endpoint.ubiops_field is not None)

@@ -13,16 +13,17 @@ import json
 import pytest
 from aiohttp import web
 
-from proxy.client import (
-    ProxyClient,
-    ProxyUnavailableError,
-    RequestFailedError,
-    choose_endpoint,
-)
-from proxy.sse import SSEDecoder
+from proxy.catalog import Catalog
+from proxy.client import ProxyClient
+from proxy.sse import SSEDecoder, SSEEvent
 from proxy.state import Phase
 from proxy.testing.harness import free_port
-from tests.deployment.conftest import CHAT, KEY, FakeProxy, make_client, posted, readiness
+from proxy.ubiops_request import ProxyUnavailableError, RequestFailedError, route
+from tests.deployment.conftest import CHAT, ENV, KEY, FakeProxy, make_client, posted, readiness
+
+CATALOG = Catalog.parse(
+    ENV["OLLAMA_CHAT_MODELS"], ENV["OLLAMA_EMBEDDING_MODELS"], "mini=all-minilm:l6-v2"
+)
 
 # --- the endpoint --------------------------------------------------------------------------
 
@@ -33,15 +34,46 @@ from tests.deployment.conftest import CHAT, KEY, FakeProxy, make_client, posted,
         (CHAT, "/v1/chat/completions"),
         ({"model": "smollm2:135m", "prompt": "Once"}, "/v1/completions"),
         ({"model": "all-minilm:l6-v2", "input": "x"}, "/v1/embeddings"),
+        ({"model": "ubiops-deployment/d/v/mini", "input": ["x"]}, "/v1/embeddings"),
+        ({"model": "smollm2:135m", "input": "Hi"}, "/v1/responses"),
+        ({"model": "ubiops-deployment/d/v/qwen", "input": [{"role": "user"}]}, "/v1/responses"),
+        ({"model": "unknown", "input": "x"}, "/v1/embeddings"),
+        ({"model": ["smollm2:135m"], "input": "x"}, "/v1/embeddings"),
+        ({"model": "smollm2:135m", "endpoint": "/v1/messages", "messages": []}, "/v1/messages"),
         ({"model": "x", "messages": [], "prompt": "p"}, "/v1/chat/completions"),
         ({"model": "x"}, "/v1/chat/completions"),
         ("not json", "/v1/chat/completions"),
         ("[1]", "/v1/chat/completions"),
     ],
 )
-def test_the_endpoint_follows_the_input_field(payload: object, path: str) -> None:
+def test_the_endpoint_follows_the_input_field_and_the_models_kind(
+    payload: object, path: str
+) -> None:
     body = payload.encode() if isinstance(payload, str) else json.dumps(payload).encode()
-    assert choose_endpoint(body).path == path
+    assert route(body, CATALOG).endpoint.path == path
+
+
+def test_an_endpoint_field_is_taken_out_and_must_name_a_reachable_endpoint(
+    fake_proxy: FakeProxy, client: ProxyClient
+) -> None:
+    async def answer(_request: web.Request) -> web.Response:
+        return web.json_response({"ok": True})
+
+    fake_proxy.routes["POST", "/v1/messages"] = answer
+    hinted = {"endpoint": "/v1/messages", "model": "qwen", "max_tokens": 9, "messages": []}
+    client.forward({**hinted, "note": "h\u00e9"})
+    assert json.loads(posted(fake_proxy)[0]) == {
+        "model": "qwen",
+        "max_tokens": 9,
+        "messages": [],
+        "note": "h\u00e9",
+    }
+    for wrong in ("/api/chat", "/v1/models", 7, None):
+        with pytest.raises(RequestFailedError, match="'endpoint' field must be one of") as info:
+            client.forward({**hinted, "endpoint": wrong})
+        assert "/v1/messages" in info.value.public_error_message
+        assert info.value.status == 400
+    assert len(posted(fake_proxy)) == 1, "nothing sent for a wrong endpoint field"
 
 
 def test_text_is_sent_as_it_came_and_a_dict_is_dumped_once(
@@ -71,7 +103,11 @@ def test_sse_decoder_handles_split_frames_and_line_endings() -> None:
     stream = b'data: {"a":1}\n\ndata:{"b":2}\r\n\r\n: comment\n\nevent: x\ndata: l1\ndata: l2\r\r\n'
     decoder = SSEDecoder()
     events = [event for i in range(len(stream)) for event in decoder.feed(stream[i : i + 1])]
-    assert events == ['{"a":1}', '{"b":2}', "l1\nl2"]
+    assert events == [
+        SSEEvent("message", '{"a":1}'),
+        SSEEvent("message", '{"b":2}'),
+        SSEEvent("x", "l1\nl2"),
+    ]
 
 
 # --- forwarding ----------------------------------------------------------------------------
@@ -200,6 +236,90 @@ def test_stream_without_done_is_reported_incomplete(
     )
     with pytest.raises(RequestFailedError, match="ended the stream early"):
         client.forward({**CHAT, "stream": True})
+
+
+def _named(*events: tuple[str, str]) -> bytes:
+    return b"".join(f"event: {name}\ndata: {data}\n\n".encode() for name, data in events)
+
+
+RESPONSES = [
+    ("response.created", '{"type":"response.created","response":{"status":"in_progress"}}'),
+    ("response.output_text.delta", '{"type":"response.output_text.delta","delta":"Hi"}'),
+    ("response.completed", '{"type":"response.completed","response":{"status":"completed"}}'),
+]
+MESSAGES = [
+    ("message_start", '{"type":"message_start","message":{"role":"assistant"}}'),
+    ("content_block_delta", '{"type":"content_block_delta","delta":{"text":"Hi"}}'),
+    ("message_delta", '{"type":"message_delta","usage":{"output_tokens":1}}'),
+    ("message_stop", '{"type":"message_stop"}'),
+]
+RESPONSES_CALL = {"model": "qwen", "input": "Hi", "stream": True}
+MESSAGES_CALL = {"endpoint": "/v1/messages", **CHAT, "max_tokens": 8, "stream": True}
+
+
+@pytest.mark.parametrize(
+    ("payload", "path", "events"),
+    [(RESPONSES_CALL, "/v1/responses", RESPONSES), (MESSAGES_CALL, "/v1/messages", MESSAGES)],
+)
+def test_named_event_streams_are_relayed_to_their_last_event(
+    fake_proxy: FakeProxy,
+    client: ProxyClient,
+    payload: dict[str, object],
+    path: str,
+    events: list[tuple[str, str]],
+) -> None:
+    fake_proxy.routes["POST", path] = _stream_handler(_named(*events))  # type: ignore[assignment]
+    seen: list[str] = []
+    output = client.forward(payload, seen.append)
+    assert seen == [data for _, data in events], "every event's data, the last one included"
+    assert json.loads(output) == [json.loads(data) for _, data in events]
+
+    fake_proxy.routes["POST", path] = _stream_handler(_named(*events[:-1]))  # type: ignore[assignment]
+    with pytest.raises(RequestFailedError, match="without its final event"):
+        client.forward(payload)
+
+
+@pytest.mark.parametrize(
+    ("payload", "path", "failure"),
+    [
+        (
+            RESPONSES_CALL,
+            "/v1/responses",
+            (
+                "error",
+                '{"type":"error","message":"Ollama went away",'
+                '"error":{"message":"Ollama went away"}}',
+            ),
+        ),
+        (
+            RESPONSES_CALL,
+            "/v1/responses",
+            (
+                "response.failed",
+                '{"type":"response.failed","response":{"error":{"message":"Ollama went away"}}}',
+            ),
+        ),
+        (
+            MESSAGES_CALL,
+            "/v1/messages",
+            ("error", '{"type":"error","error":{"type":"api_error","message":"Ollama went away"}}'),
+        ),
+    ],
+)
+def test_a_named_error_event_fails_the_request_after_relaying_what_came(
+    fake_proxy: FakeProxy,
+    client: ProxyClient,
+    payload: dict[str, object],
+    path: str,
+    failure: tuple[str, str],
+) -> None:
+    first = RESPONSES[0] if path == "/v1/responses" else MESSAGES[0]
+    fake_proxy.routes["POST", path] = _stream_handler(_named(first, failure))  # type: ignore[assignment]
+    seen: list[str] = []
+    with pytest.raises(RequestFailedError) as info:
+        client.forward(payload, seen.append)
+    assert info.value.public_error_message == "The answer failed after 1 chunks: Ollama went away"
+    assert seen == [first[1]]
 
 
 def test_a_proxy_that_does_not_answer_yet_is_starting() -> None:

@@ -7,8 +7,9 @@ import pytest
 from aiohttp import web
 
 import proxy.client
-from proxy.client import ProxyClient, ProxyUnavailableError
+from proxy.client import ProxyClient
 from proxy.state import Phase
+from proxy.ubiops_request import ProxyUnavailableError
 from tests.deployment.conftest import CHAT, FakeProxy, make_client, posted, readiness
 
 PULLING = {"smollm2:135m": {"kind": "chat", "state": "pulling", "progress": 0.43}}

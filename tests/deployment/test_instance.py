@@ -133,6 +133,40 @@ def test_stream_relays_each_chunk_as_it_arrives(instance: UbiOpsInstance) -> Non
     assert arrivals[-1] - arrivals[0] >= (NUM_TOKENS - 2) * TOKEN_DELAY * 0.5
 
 
+@pytest.mark.parametrize(
+    ("payload", "delta", "last"),
+    [
+        (
+            {"model": CHAT_MODEL, "input": MESSAGES[0]["content"]},
+            "response.output_text.delta",
+            "response.completed",
+        ),
+        (
+            {
+                "endpoint": "/v1/messages",
+                "model": CHAT_MODEL,
+                "max_tokens": 64,
+                "messages": MESSAGES,
+            },
+            "content_block_delta",
+            "message_stop",
+        ),
+    ],
+    ids=["responses", "anthropic-messages"],
+)
+def test_responses_and_anthropic_streams_through_a_ubiops_request(
+    instance: UbiOpsInstance, payload: dict[str, Any], delta: str, last: str
+) -> None:
+    result = instance.request(json.dumps({**payload, "stream": True}), timeout=REQUEST_TIMEOUT)
+    assert result.ok, result.error
+    events = [json.loads(text) for _, text in result.updates]
+    assert events == json.loads(result.output)
+    assert events[-1]["type"] == last, "relayed up to and including the last event"
+    pieces = [e["delta"] for e in events if e["type"] == delta]
+    text = "".join(p if isinstance(p, str) else p["text"] for p in pieces)
+    assert text == expected_text(CHAT_MODEL, MESSAGES, NUM_TOKENS)
+
+
 def test_non_stream_chat_and_embeddings(instance: UbiOpsInstance) -> None:
     chat = instance.request(_chat(stream=False), timeout=REQUEST_TIMEOUT)
     assert chat.ok, chat.error
@@ -194,9 +228,14 @@ def test_batch_of_mixed_requests_is_spread_over_processes(instance: UbiOpsInstan
         ({"messages": MESSAGES}, ["`model` is missing", "smollm2:135m"]),
         ({"model": EMBEDDING_MODEL, "messages": MESSAGES}, ["is an embedding model"]),
         (
-            {"model": CHAT_MODEL, "input": "x"},
+            {"endpoint": "/v1/embeddings", "model": CHAT_MODEL, "input": "x"},
             ["is a chat model", f"models here: {EMBEDDING_MODEL}"],
         ),
+        (
+            {"endpoint": "/api/chat", "model": CHAT_MODEL, "messages": MESSAGES},
+            ["'endpoint' field must be one of"],
+        ),
+        ({"model": "gpt-oss:120b-cloud", "input": "x"}, ["ollama.com cloud model"]),
     ],
 )
 def test_bad_requests_give_a_clear_public_error(

@@ -25,8 +25,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from proxy.client import PublicError
 from proxy.testing.simulator import expected_text
+from proxy.ubiops_request import PublicError
 
 from .conftest import MAIN_CLIENT_TIMEOUT, MAIN_MAX_BODY
 from .helpers import (

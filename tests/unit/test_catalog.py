@@ -86,6 +86,27 @@ def test_unknown_model_lists_what_is_available(catalog: Catalog, requested: str)
         assert name in message
 
 
+@pytest.mark.parametrize(
+    ("name", "cloud"),
+    [
+        ("gpt-oss:120b-cloud", True),
+        ("qwen3-coder:cloud", True),
+        ("ubiops-deployment/d/v/deepseek-v3.1:671B-CLOUD", True),
+        ("smollm2:135m", False),
+        ("cloud", False),
+        ("cloud-model:latest", False),
+        ("host:8080/cloud", False),
+    ],
+)
+def test_a_cloud_model_request_says_why_it_is_not_served(
+    catalog: Catalog, name: str, cloud: bool
+) -> None:
+    with pytest.raises(UnknownModelError) as caught:
+        catalog.resolve(name)
+    assert ("ollama.com cloud model" in str(caught.value)) is cloud
+    assert "smollm2" in str(caught.value)
+
+
 def test_label_value_holds_the_label_safe_names_and_each_resolves(catalog: Catalog) -> None:
     label = catalog.openai_model_names()
     # all-minilm:l6-v2 is labelled as UbiOps' tutorial does; the operator's alias is the same.
@@ -215,6 +236,9 @@ def test_every_label_name_is_label_safe_and_resolves_to_its_model(names: list[st
         ("smollm2", "smollm2:latest", "", "OLLAMA_EMBEDDING_MODELS", "already listed as a chat"),
         ("bad name", "", "", "OLLAMA_CHAT_MODELS", "not a valid"),
         ("ubiops-deployment/d/v/m", "", "", "OLLAMA_CHAT_MODELS", "not the UbiOps endpoint name"),
+        ("smollm2,gpt-oss:120b-cloud", "", "", "OLLAMA_CHAT_MODELS", "ollama.com cloud model"),
+        ("", "embeddinggemma:Cloud", "", "OLLAMA_EMBEDDING_MODELS", "ollama.com cloud model"),
+        ("smollm2", "", "big=smollm2;x:cloud=smollm2", "MODEL_ALIASES", "cloud model"),
         ("smollm2", "", "gpt", "MODEL_ALIASES", "alias=model"),
         ("smollm2", "", "gpt=llama3", "MODEL_ALIASES", "neither"),
         ("smollm2", "", "smollm2=smollm2", "MODEL_ALIASES", "already a model"),
