@@ -7,10 +7,6 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
-import textwrap
 import threading
 from collections.abc import Sequence
 from pathlib import Path
@@ -24,6 +20,7 @@ from ubiops.utils import run_local
 
 from proxy.testing.harness import wait_until
 from proxy.testing.ubiops_instance import UbiOpsInstance
+from tests.process_tools import alive
 from tests.real_ollama.support import (
     CHAT_MODEL,
     EMBEDDING_MODEL,
@@ -32,6 +29,7 @@ from tests.real_ollama.support import (
     RealOllama,
     real_env,
 )
+from tests.run_local import DEPLOYMENT, init_context, process_zero
 
 pytestmark = [
     pytest.mark.real_ollama,
@@ -43,38 +41,12 @@ PACKAGE_DIR = Path(__file__).resolve().parents[2] / "deployment_package"
 REQUEST_TIMEOUT = 120.0
 """One request, a real generation included."""
 CHAT = {
-    "model": f"ubiops-deployment/ollama-multi-model-server/v1/{CHAT_MODEL}",
+    "model": f"ubiops-deployment/{DEPLOYMENT}/v1/{CHAT_MODEL}",
     "messages": [{"role": "user", "content": "Why is the sky blue? Answer in one sentence."}],
     "max_tokens": 24,
     "stream": True,
 }
 EMBED = {"model": EMBEDDING_MODEL, "input": ["The cat sits on the mat", "A kitten on a rug"]}
-
-PROCESS_0 = textwrap.dedent(
-    """
-    import json, os, sys
-    from ubiops.utils import run_local
-    init = {"deployment": "ollama-multi-model-server", "version": "v1", "process_id": 0,
-            "input_type": "plain", "output_type": "plain"}
-    chunks = []
-    request = {"id": "r0", "request_mode": "express", "streaming_update": chunks.append}
-    output = run_local(sys.argv[1], sys.argv[2], init_context=init, request_context=request)
-    with open(sys.argv[3] + ".tmp", "w") as result:
-        json.dump({"output": output, "chunks": chunks}, result)
-    os.replace(sys.argv[3] + ".tmp", sys.argv[3])
-    sys.stdin.readline()
-    """
-)
-
-
-def _init(process_id: int) -> dict[str, Any]:
-    return {
-        "deployment": "ollama-multi-model-server",
-        "version": "v1",
-        "process_id": process_id,
-        "input_type": "plain",
-        "output_type": "plain",
-    }
 
 
 def _assert_real_stream(chunks: Sequence[str]) -> None:
@@ -91,56 +63,36 @@ def _assert_real_embedding(output: str) -> None:
     assert [len(item.embedding) for item in embedding.data] == [384, 384]
 
 
-def _gone(process: psutil.Process) -> bool:
-    try:
-        return process.status() == psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return True
-
-
 def test_run_local_streams_a_real_answer(
     real_ollama: RealOllama, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     env = real_env(real_ollama, tmp_path, LOG_FORMAT="console")
     for name, value in env.items():
         monkeypatch.setenv(name, value)
-    result_file = tmp_path / "process-0.json"
     embedded: list[Any] = []
 
     def embed() -> None:  # process 1: waits for process 0's proxy, then embeds
         try:
-            embedded.append(run_local(str(PACKAGE_DIR), json.dumps(EMBED), init_context=_init(1)))
+            embedded.append(
+                run_local(str(PACKAGE_DIR), json.dumps(EMBED), init_context=init_context(1))
+            )
         except Exception as exc:
             embedded.append(exc)
 
-    with (tmp_path / "process-0.log").open("w") as log:
-        process_0 = subprocess.Popen(
-            [sys.executable, "-c", PROCESS_0, str(PACKAGE_DIR), json.dumps(CHAT), str(result_file)],
-            stdin=subprocess.PIPE,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            env={**os.environ, **env},
-            text=True,
-        )
-        tree: list[psutil.Process] = []
-        try:
-            thread = threading.Thread(target=embed)
-            thread.start()
-            wait_until(result_file.exists, READY_TIMEOUT, "process 0 to answer its request")
-            first = json.loads(result_file.read_text())
-            thread.join(REQUEST_TIMEOUT)
-            assert not thread.is_alive(), "process 1's run_local did not finish"
-            assert first["output"] == "[" + ",".join(first["chunks"]) + "]"
-            _assert_real_stream(first["chunks"])
-            assert isinstance(embedded[0], str), embedded[0]
-            _assert_real_embedding(embedded[0])
-            tree = psutil.Process(process_0.pid).children(recursive=True)
-            assert any(p.cmdline()[1:2] == ["serve"] for p in tree), "process 0 runs ollama"
-        finally:
-            if process_0.poll() is None:
-                process_0.communicate("\n", timeout=EXIT_TIMEOUT)
-    assert process_0.returncode == 0, (tmp_path / "process-0.log").read_text()[-3000:]
-    wait_until(lambda: all(_gone(p) for p in tree), EXIT_TIMEOUT, "the proxy and Ollama to exit")
+    with process_zero(
+        PACKAGE_DIR, json.dumps(CHAT), env, tmp_path, exit_timeout=EXIT_TIMEOUT
+    ) as process_0:
+        thread = threading.Thread(target=embed)
+        thread.start()
+        output, chunks = process_0.answer(READY_TIMEOUT)
+        thread.join(REQUEST_TIMEOUT)
+        assert not thread.is_alive(), "process 1's run_local did not finish"
+        assert output == "[" + ",".join(chunks) + "]"
+        _assert_real_stream(chunks)
+        assert isinstance(embedded[0], str), embedded[0]
+        _assert_real_embedding(embedded[0])
+        tree = process_0.children()
+        assert any(p.cmdline()[1:2] == ["serve"] for p in tree), "process 0 runs ollama"
 
 
 def test_an_emulated_instance_streams_a_real_answer(
@@ -175,5 +127,7 @@ def test_an_emulated_instance_streams_a_real_answer(
         workers = [psutil.Process(pid) for pid in instance.pids if pid]
         instance.stop()
     wait_until(
-        lambda: all(_gone(p) for p in [*tree, *workers]), EXIT_TIMEOUT, "every process to exit"
+        lambda: not any(alive(p.pid) for p in [*tree, *workers]),
+        EXIT_TIMEOUT,
+        "every process to exit",
     )
