@@ -18,6 +18,8 @@
 #   BUILD_IMAGE            the image of the build stages (any Debian/Ubuntu with python3, venv).
 #   OLLAMA_VERSION/_SHA256 the pinned Ollama release and the sha256 of its linux-amd64 archive
 #                          (releases >= 0.14 ship .tar.zst, older ones .tgz: set OLLAMA_ARCHIVE).
+#                          The default is the release the tests run against (scripts/real-ollama.sh
+#                          builds the same tag from source) and the simulator follows.
 #   OLLAMA_URL             where to download that archive from (default: the GitHub release), e.g.
 #                          an internal mirror; the sha256 check applies all the same.
 #   OLLAMA_GPU=true        keep Ollama's CUDA/ROCm/Vulkan libraries (GPU instance types); the
@@ -51,9 +53,9 @@ ARG BUILD_IMAGE=python:3.13-slim-bookworm
 
 # ---- Ollama: download the release archive, verify its sha256, unpack ----------------------------
 FROM ${BUILD_IMAGE} AS ollama
-ARG OLLAMA_VERSION=0.34.2
+ARG OLLAMA_VERSION=0.24.0
 ARG OLLAMA_ARCHIVE=ollama-linux-amd64.tar.zst
-ARG OLLAMA_SHA256=e155b83589986d2c581fdbf1381ea3ebdb16549883679cd5a0627f7cdc05b12b
+ARG OLLAMA_SHA256=15c5f8d66ba06e0d3b4719df8868612dbd66e14e82760929bb3552e1657cdcdb
 ARG OLLAMA_URL=""
 ARG OLLAMA_GPU=false
 SHELL ["/bin/bash", "-o", "pipefail", "-c"]

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from proxy.testing.simulator import VERSION as SIMULATED_VERSION
+
 ROOT = Path(__file__).resolve().parents[2]
 DOCKERFILE = ROOT / "Dockerfile"
 
@@ -60,6 +62,17 @@ def test_ollama_is_pinned_and_checksum_verified() -> None:
     assert "releases/download/v${OLLAMA_VERSION}/${OLLAMA_ARCHIVE}" in runs
     assert not re.search(r"(curl|wget)[^|;&]*\|\s*(ba|z)?sh", DOCKERFILE.read_text())
     assert "install.sh" not in DOCKERFILE.read_text()
+
+
+def test_the_image_ollama_is_the_release_the_tests_run_against() -> None:
+    args = dict(
+        rest.split("=", 1) for keyword, rest in _instructions() if keyword == "ARG" and "=" in rest
+    )
+    built = re.search(
+        r"^OLLAMA_VERSION=(\S+)$", (ROOT / "scripts/real-ollama.sh").read_text(), re.M
+    )
+    assert built is not None
+    assert args["OLLAMA_VERSION"] == built[1] == SIMULATED_VERSION
 
 
 def test_the_image_runs_as_deployment_and_keeps_the_agent_entry_point() -> None:
