@@ -23,7 +23,9 @@ import asyncio
 import os
 import threading
 import time
+import weakref
 from collections.abc import Callable, Coroutine
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import aiohttp
@@ -68,7 +70,9 @@ class ProxyClient:
     """One request process's link to the proxy: waits for readiness and forwards requests.
 
     The methods block the calling thread; calls from several threads are serialised. Create one
-    per process (it owns an event loop) and :meth:`close` it when the process stops.
+    per process (it owns an event loop) and :meth:`close` it when the process stops; one that is
+    never closed (``ubiops.utils.run_local`` calls no ``stop()``) is closed when it is collected
+    or the interpreter exits.
     """
 
     def __init__(self, settings: Settings) -> None:
@@ -79,8 +83,8 @@ class ProxyClient:
         if settings.proxy_api_key:
             self._headers["Authorization"] = f"Bearer {settings.proxy_api_key}"
         self._lock = threading.Lock()
-        self._loop = asyncio.new_event_loop()
-        self._session: aiohttp.ClientSession | None = None
+        self._link = _Link(asyncio.new_event_loop())
+        self._release = weakref.finalize(self, self._link.close)
         self._closed = False
         self._check: Callable[[], None] | None = None
         self._served = False
@@ -151,21 +155,19 @@ class ProxyClient:
             if self._closed:
                 return
             self._closed = True
-            if self._session is not None:
-                self._loop.run_until_complete(self._session.close())
-            self._loop.close()
+            self._release()
 
     def _run(self, coro: Coroutine[Any, Any, T]) -> T:
         with self._lock:
             if self._closed:
                 coro.close()
                 raise ProxyUnavailableError("This deployment process is shutting down.")
-            return self._loop.run_until_complete(coro)
+            return self._link.loop.run_until_complete(coro)
 
     def _get_session(self) -> aiohttp.ClientSession:
         """The session, made on first use inside the loop; one keep-alive connection."""
-        if self._session is None:
-            self._session = aiohttp.ClientSession(
+        if self._link.session is None:
+            self._link.session = aiohttp.ClientSession(
                 base_url=self._base_url,
                 connector=aiohttp.TCPConnector(limit=1),
                 headers=self._headers,
@@ -173,7 +175,7 @@ class ProxyClient:
                     connect=_CONNECT_TIMEOUT, sock_read=self._settings.proxy_request_timeout + 30.0
                 ),
             )
-        return self._session
+        return self._link.session
 
     async def _probe(self, check: Callable[[], None] | None) -> Readiness:
         if check is not None:
@@ -248,6 +250,19 @@ class ProxyClient:
                     f"The connection to the model server was lost while it answered "
                     f"({_describe(e)}); the answer is incomplete. Retry the request."
                 ) from None
+
+
+@dataclass
+class _Link:
+    """A client's event loop and its session to the proxy (made on first use)."""
+
+    loop: asyncio.AbstractEventLoop
+    session: aiohttp.ClientSession | None = None
+
+    def close(self) -> None:
+        if self.session is not None:
+            self.loop.run_until_complete(self.session.close())
+        self.loop.close()
 
 
 class _Downloading(Exception):

@@ -8,7 +8,9 @@ what it says when the proxy cannot be reached.
 
 from __future__ import annotations
 
+import gc
 import json
+import warnings
 
 import pytest
 from aiohttp import web
@@ -89,6 +91,23 @@ def test_text_is_sent_as_it_came_and_a_dict_is_dumped_once(
     sent = posted(fake_proxy)
     assert sent[0] == text.encode()
     assert json.loads(sent[1]) == {**CHAT, "stream": False}
+
+
+def test_a_client_never_closed_closes_its_connection_when_collected(
+    fake_proxy: FakeProxy,
+) -> None:
+    async def answer(_request: web.Request) -> web.Response:
+        return web.json_response({"ok": True})
+
+    fake_proxy.routes["GET", "/readyz"] = readiness(Phase.READY, True)  # type: ignore[assignment]
+    fake_proxy.routes["POST", "/v1/chat/completions"] = answer
+    client = make_client(fake_proxy.port)
+    client.forward(CHAT)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        del client  # as ubiops.utils.run_local leaves it: no stop()
+        gc.collect()
+    assert not [w for w in caught if issubclass(w.category, ResourceWarning)], caught
 
 
 def test_what_cannot_be_json_is_refused_before_sending(client: ProxyClient) -> None:
