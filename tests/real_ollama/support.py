@@ -11,16 +11,18 @@ read it (Ollama started with ``OLLAMA_NOPRUNE=1``); a test that may pull, delete
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import signal
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import psutil
+from prometheus_client.parser import text_string_to_metric_families
 
 from proxy.testing.harness import free_port, http_json, proxy_env
 from proxy.testing.services import ProxyProcess, ServiceProcess
@@ -48,6 +50,13 @@ class RealOllama:
 
     bin: Path
     models: Path
+
+
+def assert_real_text(text: str | None) -> None:
+    """Non-empty text with at least one word of letters (not a placeholder or a blank)."""
+    assert text, f"empty text: {text!r}"
+    assert text.strip(), f"blank text: {text!r}"
+    assert any(word.isalpha() for word in text.replace(",", " ").replace(".", " ").split()), text
 
 
 def private_models(real: RealOllama, dest: Path) -> Path:
@@ -171,3 +180,52 @@ def terminate(process: ProxyProcess, timeout: float = EXIT_TIMEOUT) -> tuple[int
             names.append(f"{proc.pid} {' '.join(proc.cmdline())}")
             proc.kill()
     return status, names
+
+
+Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
+"""Prometheus samples by name and sorted labels (see :func:`metrics`)."""
+
+
+def metrics(process: ProxyProcess, headers: Mapping[str, str] | None = None) -> Samples:
+    """Every sample of the proxy's ``/metrics`` (asked with ``headers``, else its API key)."""
+    status, text = http_json(process.url + "/metrics", headers=headers or process.headers)
+    assert status == 200, text
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
+def metric(samples: Samples, name: str, **labels: str) -> float:
+    """One sample of :func:`metrics`, 0 when it is absent (a series not yet seen)."""
+    return samples.get((name, tuple(sorted(labels.items()))), 0.0)
+
+
+def model_blob(models: Path, tag: str) -> str:
+    """The file name of ``tag``'s weights in ``models`` (``sha256-...``), from its manifest."""
+    name, _, version = tag.partition(":")
+    manifest = (
+        models / "manifests" / "registry.ollama.ai" / "library" / name / (version or "latest")
+    )
+    layers = json.loads(manifest.read_text())["layers"]
+    digest = next(
+        layer["digest"] for layer in layers if layer["mediaType"].endswith(".image.model")
+    )
+    return str(digest).replace(":", "-")
+
+
+def kill_runner(process: ProxyProcess, tag: str) -> int:
+    """SIGKILL the model runner of ``tag`` under the proxy's ``ollama serve`` (which lives on
+    and starts a new runner for the next request); its pid.
+
+    Raises:
+        AssertionError: no runner of ``tag`` is running.
+    """
+    blob = model_blob(process.models_dir, tag)
+    for child in descendants(process.pid):
+        with contextlib.suppress(psutil.NoSuchProcess):
+            if any(arg.endswith(blob) for arg in child.cmdline()):
+                child.kill()
+                return child.pid
+    raise AssertionError(f"no model runner of {tag} is running")

@@ -23,6 +23,7 @@ from tests.real_ollama.support import (
     CHAT_MODEL,
     EMBEDDING_MODEL,
     RealOllama,
+    assert_real_text,
     proxy,
     terminate,
 )
@@ -78,13 +79,6 @@ def oll(server: ProxyProcess) -> ollama.Client:
 def cosine(a: Sequence[float], b: Sequence[float]) -> float:
     dot = sum(x * y for x, y in zip(a, b, strict=True))
     return dot / math.sqrt(sum(x * x for x in a) * sum(y * y for y in b))
-
-
-def assert_real_text(text: str | None) -> None:
-    """Non-empty text with at least one word of letters (not a placeholder or a blank)."""
-    assert text, f"empty text: {text!r}"
-    assert text.strip(), f"blank text: {text!r}"
-    assert any(word.isalpha() for word in text.replace(",", " ").replace(".", " ").split()), text
 
 
 def assert_similarity_ordering(vectors: Sequence[Sequence[float]]) -> None:
