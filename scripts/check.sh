@@ -13,7 +13,9 @@ scripts/bootstrap.sh
 if ! command -v uv >/dev/null && [[ -x .bootstrap/venv/bin/uv ]]; then
     PATH="$PATH:$PWD/.bootstrap/venv/bin"
 fi
-machine_path="$PATH" # its python3 has pip, which real-ollama.sh needs (.venv's has none)
+# For the scripts that want the machine's python3 (real-ollama.sh: its pip; image-check.sh: its
+# `-m uv`), not .venv's, which has neither.
+machine_path="$PATH"
 export PATH="$PWD/.venv/bin:$PATH"
 
 case "${CI:-}" in
@@ -29,4 +31,4 @@ if ((ci)); then
     echo "== real ollama" && PATH="$machine_path" scripts/real-ollama.sh >/dev/null
 fi
 echo "== pytest" && pytest "$@"
-echo "== image" && scripts/image-check.sh
+echo "== image" && PATH="$machine_path" scripts/image-check.sh
