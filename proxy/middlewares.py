@@ -97,8 +97,9 @@ def request_middleware(*, metrics: Metrics, max_body: int) -> Middleware:
                     raise
                 response = error_response(_from_http(request, exc, too_large), api)
             except asyncio.CancelledError:
-                exchange.status = CLIENT_CLOSED
-                exchange.error = exchange.error or "client disconnected"
+                if not exchange.status:  # the relay records a stream the client had whole
+                    exchange.status = CLIENT_CLOSED
+                    exchange.error = exchange.error or "client disconnected"
                 _finish(request, exchange, metrics)
                 raise
             except Exception as exc:

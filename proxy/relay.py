@@ -110,6 +110,23 @@ async def relay(
     failure: str | None = None
     prev = last = b""
     chunks = size = 0
+
+    def delivered() -> bool:
+        """Record a stream whose proper end the client was sent as answered, and say whether
+        it was: a client may close as soon as it reads the end (the ``openai`` client does at
+        ``[DONE]``), before Ollama's own end of body is read."""
+        if framing is None or not check_end:
+            return False
+        if named is not None:
+            ended = named.incomplete(_LAST_EVENTS[framing]) is None
+        else:
+            ended = _incomplete_end(framing, prev, last) is None
+        if ended:
+            exchange.status = upstream.status
+            if count_usage and exchange.usage is None:
+                exchange.usage = usage_in(hidden.taken if hidden else (prev + last)[-USAGE_TAIL:])
+        return ended
+
     try:
         await response.prepare(request)
         exchange.committed = True
@@ -160,11 +177,16 @@ async def relay(
     except ConnectionError:
         # The client went away (a write to a closing transport); stop Ollama by closing.
         upstream.close()
-        exchange.error = exchange.error or "client disconnected"
-        exchange.status = 499
-        log.info("client disconnected mid-answer", chunks=chunks)
+        if not delivered():
+            exchange.error = exchange.error or "client disconnected"
+            exchange.status = 499
+            log.info("client disconnected mid-answer", chunks=chunks)
+    except asyncio.CancelledError:
+        upstream.close()  # the client is gone: drop the upstream connection now
+        delivered()
+        raise
     except BaseException:
-        upstream.close()  # cancelled (client gone) or a bug: drop the upstream connection now
+        upstream.close()  # a bug: drop the upstream connection now
         raise
     finally:
         watch.stop()

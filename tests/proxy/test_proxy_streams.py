@@ -13,11 +13,12 @@ import openai
 import psutil
 import pytest
 import pytest_asyncio
+import structlog
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 from proxy_support import API_KEY, CHAT, MESSAGES, PROMPT, Proxy, serve_proxy, simulator
 
-from proxy.appkeys import ADMISSION
+from proxy.appkeys import ADMISSION, METRICS
 from proxy.testing.services import SimulatorProcess
 from tests.clients import CLIENT_TIMEOUT, CLIENT_TIMEOUT_SECONDS
 
@@ -222,3 +223,97 @@ async def test_a_silent_upstream_mid_stream_is_cut_with_an_error() -> None:
         assert time.monotonic() - started < 2
     assert len(lines) == 2
     assert "Ollama sent nothing for 0.2 s" in json.loads(lines[1])["error"]
+
+
+_HOLD = 1.0
+"""How long the fake Ollama below keeps a stream's body open after its last event."""
+_USAGE = {"prompt_tokens": 5, "completion_tokens": 2, "total_tokens": 7}
+_ENDS: dict[str, tuple[str, bytes]] = {
+    "/v1/chat/completions": (
+        "data: [DONE]",
+        b'data: {"id":"c","object":"chat.completion.chunk","model":"%s","choices":[{"index":0,'
+        b'"delta":{"content":"Hi"}}]}\n\ndata: {"id":"c","object":"chat.completion.chunk",'
+        b'"model":"%s","choices":[],"usage":' + json.dumps(_USAGE).encode() + b"}\n\n"
+        b"data: [DONE]\n\n",
+    ),
+    "/v1/responses": (
+        "event: response.completed",
+        b'event: response.output_text.delta\ndata: {"type":"response.output_text.delta",'
+        b'"delta":"Hi"}\n\nevent: response.completed\ndata: {"type":"response.completed",'
+        b'"response":{"model":"%s","status":"completed","usage":{"input_tokens":5,'
+        b'"output_tokens":2,"total_tokens":7}}}\n\n',
+    ),
+    "/v1/messages": (
+        "event: message_stop",
+        b'event: message_start\ndata: {"type":"message_start","message":{"model":"%s",'
+        b'"usage":{"input_tokens":5,"output_tokens":0}}}\n\nevent: message_delta\n'
+        b'data: {"type":"message_delta","usage":{"output_tokens":2}}\n\n'
+        b'event: message_stop\ndata: {"type":"message_stop"}\n\n',
+    ),
+}
+
+
+async def _complete_then_hold(request: web.Request) -> web.StreamResponse:
+    """A whole stream, then the body held open: Ollama's end of body comes after the client's
+    close."""
+    response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+    await response.prepare(request)
+    body = _ENDS[request.path][1]
+    await response.write(body.replace(b"%s", CHAT.encode()))
+    await asyncio.sleep(_HOLD)
+    return response
+
+
+@pytest.mark.parametrize("path", list(_ENDS))
+async def test_a_client_that_closes_at_the_streams_end_had_a_whole_answer(path: str) -> None:
+    fake = web.Application()
+    for route in _ENDS:
+        fake.router.add_post(route, _complete_then_hold)
+    body = {"model": CHAT, "stream": True, "max_tokens": 8, "messages": MESSAGES, "input": "Hi"}
+    async with (
+        TestServer(fake, host="127.0.0.1") as upstream,
+        serve_proxy(f"http://127.0.0.1:{upstream.port}") as proxy,
+        aiohttp.ClientSession(headers=proxy.headers, timeout=CLIENT_TIMEOUT) as http,
+    ):
+        with structlog.testing.capture_logs() as events:
+            response = await http.post(proxy.url + path, json=body)
+            assert response.status == 200
+            async for line in response.content:  # as the openai client does at [DONE]
+                if line.decode().strip() == _ENDS[path][0]:
+                    break
+            await response.content.readline()  # the last event's data line
+            response.close()
+            await wait_for(lambda: any(e["event"] == "request" for e in events), 2 * _HOLD)
+    (access,) = [e for e in events if e["event"] == "request"]
+    assert access["status"] == 200, access
+    assert "error" not in access, access
+    assert (access["prompt_tokens"], access["completion_tokens"]) == (5, 2), access
+
+
+async def test_the_openai_client_closing_at_done_is_a_whole_answer_in_the_metrics() -> None:
+    fake = web.Application()
+    fake.router.add_post("/v1/chat/completions", _complete_then_hold)
+    async with (
+        TestServer(fake, host="127.0.0.1") as upstream,
+        serve_proxy(f"http://127.0.0.1:{upstream.port}") as proxy,
+    ):
+        client = openai.AsyncOpenAI(
+            base_url=proxy.url + "/v1", api_key=API_KEY, timeout=CLIENT_TIMEOUT_SECONDS
+        )
+        stream = await client.chat.completions.create(
+            model=CHAT,
+            messages=MESSAGES,  # type: ignore[arg-type]
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+        usage = [chunk.usage async for chunk in stream if chunk.usage is not None]
+        assert [u.completion_tokens for u in usage] == [2]
+        await client.close()
+        registry = proxy.app[METRICS].registry
+        tokens = {"model": CHAT, "key": "default"}
+        answered = {**tokens, "route": "/v1/chat/completions", "status": "200"}
+        await wait_for(
+            lambda: registry.get_sample_value("proxy_requests_total", answered) == 1, 2 * _HOLD
+        )
+        assert registry.get_sample_value("proxy_completion_tokens_total", tokens) == 2
+        assert registry.get_sample_value("proxy_prompt_tokens_total", tokens) == 5
