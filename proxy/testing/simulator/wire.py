@@ -1,7 +1,7 @@
 """Bytes out as Ollama's Go server writes them (and JSON in as it reads it): JSON, time stamps,
 log lines and streams.
 
-Request bodies are decoded as Gin's ``ShouldBindJSON`` does (a ``json.Decoder`` reading the first
+Request bodies are decoded as Gin's ``ShouldBindJSON`` does (:mod:`.gojson`: the first
 value, with ``encoding/json``'s error wording), responses encoded with its HTML escaping; time
 stamps are formatted as Go marshals ``time.Time``. Log lines go to stderr as Go ``slog`` text
 (each with ``simulated=true``) and Gin access lines. Streamed responses are written one chunk (an
@@ -12,7 +12,6 @@ NDJSON line or an SSE event) at a time by :class:`ChunkStream`, which applies th
 from __future__ import annotations
 
 import json
-import re
 import sys
 import time
 from collections.abc import Callable, Mapping
@@ -22,6 +21,7 @@ from typing import Any, TypeVar
 from aiohttp import web
 
 from .config import Faults
+from .gojson import GoSyntaxError, decode_first
 
 __all__ = [
     "ApiError",
@@ -52,7 +52,6 @@ _GO_TYPES: dict[type, str] = {
     list: "[]interface {}",
     dict: "map[string]interface {}",
 }
-_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
 # Go saturates "forever" at MaxInt64 nanoseconds (about 292 years).
 _MAX_SECONDS = (2**63 - 1) / 1e9
 
@@ -122,14 +121,11 @@ async def read_body(
         ApiError: 400 for an empty, malformed or non-object body.
     """
     raw = await request.read()
-    text = raw.decode("utf-8", errors="replace")  # Go takes invalid UTF-8 as U+FFFD
     try:
-        span = _scan_first_value(text)
-    except _GoSyntaxError as exc:
+        data = decode_first(raw.decode("utf-8", errors="replace"))  # invalid UTF-8: U+FFFD
+    except GoSyntaxError as exc:
         message = missing if exc.empty else str(exc)
         raise ApiError(400, message, early=early) from None
-    # Go's encoding/json turns a lone UTF-16 surrogate escape into U+FFFD.
-    data = json.loads(text[span[0] : span[1]], object_pairs_hook=_replace_surrogates)
     if data is None:
         return {}  # null decodes into a struct as nothing at all
     if not isinstance(data, dict):
@@ -139,198 +135,6 @@ async def read_body(
             early=early,
         )
     return data
-
-
-class _GoSyntaxError(Exception):
-    """A body ``json.Decoder`` rejects; ``empty`` for a body with no value at all (``EOF``)."""
-
-    def __init__(self, message: str, *, empty: bool = False) -> None:
-        super().__init__(message)
-        self.empty = empty
-
-
-_WHITESPACE = " \t\r\n"
-_DIGITS = "0123456789"
-_ESCAPES = {
-    "\a": "\\a",
-    "\b": "\\b",
-    "\f": "\\f",
-    "\n": "\\n",
-    "\r": "\\r",
-    "\t": "\\t",
-    "\v": "\\v",
-}
-
-
-def _quote_char(char: str) -> str:
-    """``encoding/json``'s ``quoteChar``: a character as its syntax errors show it."""
-    if char == "'":
-        return "'\\''"
-    if char == '"':
-        return "'\"'"
-    if char in _ESCAPES:
-        return f"'{_ESCAPES[char]}'"
-    if char.isprintable():
-        return f"'{char}'"
-    code = ord(char)
-    return f"'\\x{code:02x}'" if code < 0x80 else f"'\\u{code:04x}'"
-
-
-class _Scanner:
-    """``encoding/json``'s scanner over one value, raising its errors (``unexpected EOF`` when
-    the body ends inside the value, as ``json.Decoder`` reports it)."""
-
-    def __init__(self, text: str) -> None:
-        self.text = text
-        self.pos = 0
-
-    def peek(self) -> str:
-        if self.pos >= len(self.text):
-            raise _GoSyntaxError("unexpected EOF")
-        return self.text[self.pos]
-
-    def fail(self, context: str) -> _GoSyntaxError:
-        return _GoSyntaxError(f"invalid character {_quote_char(self.text[self.pos])} {context}")
-
-    def skip_space(self) -> str:
-        while self.pos < len(self.text) and self.text[self.pos] in _WHITESPACE:
-            self.pos += 1
-        return self.peek()
-
-    def value(self) -> None:
-        char = self.skip_space()
-        if char == "{":
-            self.object()
-        elif char == "[":
-            self.array()
-        elif char == '"':
-            self.string()
-        elif char in "-" + _DIGITS:
-            self.number()
-        elif char in "tfn":
-            self.literal({"t": "true", "f": "false", "n": "null"}[char])
-        else:
-            raise self.fail("looking for beginning of value")
-
-    def object(self) -> None:
-        self.pos += 1
-        if self.skip_space() == "}":
-            self.pos += 1
-            return
-        while True:
-            if self.skip_space() != '"':
-                raise self.fail("looking for beginning of object key string")
-            self.string()
-            if self.skip_space() != ":":
-                raise self.fail("after object key")
-            self.pos += 1
-            self.value()
-            char = self.skip_space()
-            self.pos += 1
-            if char == "}":
-                return
-            if char != ",":
-                self.pos -= 1
-                raise self.fail("after object key:value pair")
-
-    def array(self) -> None:
-        self.pos += 1
-        if self.skip_space() == "]":
-            self.pos += 1
-            return
-        while True:
-            self.value()
-            char = self.skip_space()
-            self.pos += 1
-            if char == "]":
-                return
-            if char != ",":
-                self.pos -= 1
-                raise self.fail("after array element")
-
-    def string(self) -> None:
-        self.pos += 1
-        while True:
-            char = self.peek()
-            if char == '"':
-                self.pos += 1
-                return
-            if char == "\\":
-                self.pos += 1
-                escape = self.peek()
-                if escape == "u":
-                    for _ in range(4):
-                        self.pos += 1
-                        if self.peek() not in "0123456789abcdefABCDEF":
-                            raise self.fail("in \\u hexadecimal character escape")
-                elif escape not in '"\\/bfnrt':
-                    raise self.fail("in string escape code")
-            elif ord(char) < 0x20:
-                raise self.fail("in string literal")
-            self.pos += 1
-
-    def number(self) -> None:
-        if self.text[self.pos] == "-":
-            self.pos += 1
-            if self.peek() not in _DIGITS:
-                raise self.fail("in numeric literal")
-        first = self.text[self.pos]
-        self.pos += 1
-        if first != "0":
-            self._digits()
-        if self._next_is("."):
-            self.pos += 1
-            if self.peek() not in _DIGITS:
-                raise self.fail("after decimal point in numeric literal")
-            self._digits()
-        if self._next_is("e") or self._next_is("E"):
-            self.pos += 1
-            if self.peek() in "+-":
-                self.pos += 1
-            if self.peek() not in _DIGITS:
-                raise self.fail("in exponent of numeric literal")
-            self._digits()
-
-    def _digits(self) -> None:
-        while self.pos < len(self.text) and self.text[self.pos] in _DIGITS:
-            self.pos += 1
-
-    def _next_is(self, char: str) -> bool:
-        return self.pos < len(self.text) and self.text[self.pos] == char
-
-    def literal(self, word: str) -> None:
-        for expected in word:
-            if self.peek() != expected:
-                raise self.fail(f"in literal {word} (expecting {_quote_char(expected)})")
-            self.pos += 1
-
-
-def _scan_first_value(text: str) -> tuple[int, int]:
-    """Where the body's first JSON value starts and ends; what ``json.Decoder.Decode`` reads.
-
-    Raises:
-        _GoSyntaxError: with Go's message; ``empty`` when there is no value at all.
-    """
-    scanner = _Scanner(text)
-    try:
-        scanner.skip_space()
-    except _GoSyntaxError:
-        raise _GoSyntaxError("EOF", empty=True) from None
-    start = scanner.pos
-    scanner.value()
-    return start, scanner.pos  # what follows is the next Decode's business
-
-
-def _replace_surrogates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    return {_LONE_SURROGATE.sub("\ufffd", key): _valid_value(value) for key, value in pairs}
-
-
-def _valid_value(value: Any) -> Any:
-    if isinstance(value, str):
-        return _LONE_SURROGATE.sub("\ufffd", value)
-    if isinstance(value, list):
-        return [_valid_value(item) for item in value]
-    return value  # objects were already rebuilt by the hook
 
 
 def get_field(
