@@ -8,13 +8,9 @@ routes it and relays the answer. The proxy alone resolves models, checks kinds a
 words the errors; its error message becomes the ``public_error_message``, so a request is judged
 the same through UbiOps as through the proxy's port.
 
-Start-up (see :meth:`ProxyClient.wait_started`): UbiOps builds the ``Deployment`` object when an
-instance starts *and* when it validates a new version ("checking if initialisation of the
-deployment class succeeds"), and a process takes requests as soon as its ``__init__`` returns. So
-``__init__`` waits only while the wait is short: until the proxy serves, or models are being
-downloaded, or :data:`STARTUP_WAIT` passed. Until the proxy was seen serving, every request asks
-``/readyz`` first and fails at once, saying the model server is starting and why (a model being
-pulled, with its progress), instead of waiting out the platform's request timeout.
+Start-up: :meth:`ProxyClient.wait_started` waits only while the wait is short, and until the
+proxy was seen serving every request asks first and fails at once with the reason
+(:mod:`proxy.startup`).
 """
 
 from __future__ import annotations
@@ -22,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import os
 import threading
-import time
 import weakref
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
@@ -30,9 +25,10 @@ from typing import Any, TypeVar
 
 import aiohttp
 
+from proxy import startup
 from proxy.config import Settings
 from proxy.logs import get_logger
-from proxy.state import NotServingError, Phase, Readiness, wait_until_serving
+from proxy.state import Readiness
 from proxy.ubiops_request import (
     ProxyUnavailableError,
     PublicError,
@@ -44,22 +40,13 @@ from proxy.ubiops_request import (
     route,
 )
 
-__all__ = ["DOWNLOAD_GRACE", "STARTUP_WAIT", "ProxyClient"]
+__all__ = ["ProxyClient"]
 
 log = get_logger(__name__)
 
 T = TypeVar("T")
 
-STARTUP_WAIT = 120.0
-"""At most how long :meth:`ProxyClient.wait_started` waits (and READY_TIMEOUT when shorter): far
-below UbiOps' default request timeout of 300 s, which includes the cold start."""
-DOWNLOAD_GRACE = 10.0
-"""How long :meth:`ProxyClient.wait_started` keeps waiting once a model is being downloaded: a
-short pull is waited for, a long one is not."""
-
-_DOWNLOADING = "pulling"
 _READY_PROBE_TIMEOUT = aiohttp.ClientTimeout(total=5.0)
-_PROBE_ERRORS = (aiohttp.ClientError, TimeoutError, ValueError)
 _STALE_CONNECTION = aiohttp.ClientOSError
 """What writing to a pooled connection the proxy closed raises ("Can not write request body")."""
 _CONNECT_TIMEOUT = 10.0
@@ -90,46 +77,20 @@ class ProxyClient:
         self._served = False
 
     def wait_started(self, check: Callable[[], None] | None = None) -> str:
-        """Block while starting up is quick; return how it ended, as one line for the log.
+        """Block while starting up is quick (:func:`~proxy.startup.wait_started`, within
+        ``min(READY_TIMEOUT, STARTUP_WAIT)``); return how it ended, as one line for the log.
 
-        Polls ``/readyz`` with a capped backoff until the proxy serves, or models have been
-        downloading for :data:`DOWNLOAD_GRACE` (a pull can take longer than any request may
-        wait), or ``min(READY_TIMEOUT, STARTUP_WAIT)`` passed. Requests that come before the
-        proxy serves fail at once with the reason (:meth:`forward`). ``check`` is called on
-        every pass and before each such request, and may raise to end it (process 0 passes
-        its launcher's: the proxy will not run).
+        ``check`` is called before every probe, here and by requests until the proxy serves,
+        and may raise to end the wait (process 0 passes its launcher's: the proxy will not run).
 
         Raises:
             ProxyUnavailableError: Ollama failed for good.
         """
         self._check = check
-        limit = min(self._settings.ready_timeout, STARTUP_WAIT)
+        limit = min(self._settings.ready_timeout, startup.STARTUP_WAIT)
         log.info("waiting for the proxy to start", url=self._base_url, up_to_s=limit)
-        downloading_since: float | None = None
-
-        async def probe() -> Readiness:
-            nonlocal downloading_since
-            readiness = await self._probe(check)
-            if readiness.serving or not _downloading(readiness):
-                downloading_since = None
-            elif downloading_since is None:
-                downloading_since = time.monotonic()
-            elif time.monotonic() - downloading_since >= DOWNLOAD_GRACE:
-                raise _Downloading(readiness)
-            return readiness
-
-        try:
-            self._run(wait_until_serving(probe, within=limit, unreachable=_PROBE_ERRORS))
-        except _Downloading as downloading:
-            return f"models are being downloaded: {downloading.readiness.summary()}"
-        except NotServingError as exc:
-            if exc.gave_up:
-                raise ProxyUnavailableError(
-                    f"The model server cannot start: {exc.last}. See the deployment logs."
-                ) from None
-            return f"not serving after {limit:g} s: {exc.last}"
-        self._served = True
-        return "serving"
+        self._served, outcome = self._run(startup.wait_started(self._probe, limit))
+        return outcome
 
     def forward(self, data: object, streaming_update: StreamCallback | None = None) -> str:
         """Send one UbiOps request to the proxy and return the answer as JSON text.
@@ -177,43 +138,16 @@ class ProxyClient:
             )
         return self._link.session
 
-    async def _probe(self, check: Callable[[], None] | None) -> Readiness:
-        if check is not None:
-            check()
+    async def _probe(self) -> Readiness:
+        if self._check is not None:
+            self._check()
         async with self._get_session().get("/readyz", timeout=_READY_PROBE_TIMEOUT) as resp:
             return Readiness.from_json(await resp.json(content_type=None))
 
-    async def _starting(self) -> None:
-        """Until the proxy was seen serving: fail at once, saying why, unless it serves now."""
-        try:
-            readiness = await self._probe(self._check)
-        except _PROBE_ERRORS:
-            raise ProxyUnavailableError(
-                "The model server is starting and does not answer yet; retry in a few seconds."
-            ) from None
-        except Exception as exc:  # ``check`` says the proxy will not run (the launcher gave up)
-            raise ProxyUnavailableError(
-                f"The model server cannot start: {exc}. See the deployment logs."
-            ) from None
-        if readiness.serving:
-            self._served = True
-            return
-        if readiness.gave_up:
-            raise ProxyUnavailableError(
-                f"The model server cannot start: {readiness.reason or readiness.phase}. "
-                "See the deployment logs."
-            )
-        reason = f"{readiness.phase}: {readiness.reason}" if readiness.reason else readiness.phase
-        if readiness.phase not in (Phase.STARTING, Phase.PULLING):
-            raise ProxyUnavailableError(
-                f"The model server does not serve ({reason}). See the deployment logs."
-            )
-        when = "in a minute (models are being downloaded)" if _downloading(readiness) else "shortly"
-        raise ProxyUnavailableError(f"The model server is starting ({reason}); retry {when}.")
-
     async def _forward(self, body: bytes, streaming_update: StreamCallback | None) -> str:
         if not self._served:
-            await self._starting()
+            await startup.require_serving(self._probe)
+            self._served = True
         session = self._get_session()
         routed = route(body, self._settings.catalog)
         for attempt in (1, 2):
@@ -263,22 +197,6 @@ class _Link:
         if self.session is not None:
             self.loop.run_until_complete(self.session.close())
         self.loop.close()
-
-
-class _Downloading(Exception):
-    """Ends :meth:`ProxyClient.wait_started`: a model is being downloaded."""
-
-    def __init__(self, readiness: Readiness) -> None:
-        super().__init__(readiness.summary())
-        self.readiness = readiness
-
-
-def _downloading(readiness: Readiness) -> bool:
-    """Whether a model is being pulled, per the readiness document's model states."""
-    models = readiness.details.get("models")
-    if not isinstance(models, dict):
-        return False
-    return any(isinstance(m, dict) and m.get("state") == _DOWNLOADING for m in models.values())
 
 
 def _describe(exc: BaseException) -> str:

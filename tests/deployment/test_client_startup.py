@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 from aiohttp import web
 
-import proxy.client
+import proxy.startup
 from proxy.client import ProxyClient
 from proxy.state import Phase
 from proxy.ubiops_request import ProxyUnavailableError
@@ -18,7 +18,7 @@ PULLING = {"smollm2:135m": {"kind": "chat", "state": "pulling", "progress": 0.43
 def test_wait_started_returns_once_models_are_being_downloaded(
     fake_proxy: FakeProxy, client: ProxyClient, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(proxy.client, "DOWNLOAD_GRACE", 0.2)
+    monkeypatch.setattr(proxy.startup, "DOWNLOAD_GRACE", 0.2)
     answers = iter([readiness(Phase.STARTING, False, reason="Ollama is starting")])
     pulling = readiness(Phase.PULLING, False, reason="smollm2:135m pulling 43%", models=PULLING)
 
@@ -52,8 +52,8 @@ def test_wait_started_returns_once_models_are_being_downloaded(
 def test_wait_started_is_short_and_requests_then_say_what_the_proxy_waits_for(
     fake_proxy: FakeProxy, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    assert proxy.client.STARTUP_WAIT < 300, "below UbiOps' default request timeout"
-    monkeypatch.setattr(proxy.client, "STARTUP_WAIT", 0.2)
+    assert proxy.startup.STARTUP_WAIT < 300, "below UbiOps' default request timeout"
+    monkeypatch.setattr(proxy.startup, "STARTUP_WAIT", 0.2)
     fake_proxy.routes["GET", "/readyz"] = readiness(  # type: ignore[assignment]
         Phase.PULLING, False, reason="all-minilm:l6-v2 loading"
     )
@@ -112,7 +112,7 @@ def test_a_launcher_that_gave_up_fails_requests_with_its_reason(
             raise RuntimeError(launcher_failure[0])
 
     fake_proxy.routes["GET", "/readyz"] = readiness(Phase.STARTING, False)  # type: ignore[assignment]
-    monkeypatch.setattr(proxy.client, "STARTUP_WAIT", 0.1)
+    monkeypatch.setattr(proxy.startup, "STARTUP_WAIT", 0.1)
     client.wait_started(check=check)
     launcher_failure.append("the proxy exited with status 2 (a configuration error)")
     with pytest.raises(ProxyUnavailableError) as info:

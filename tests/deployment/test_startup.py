@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from proxy.client import DOWNLOAD_GRACE
+from proxy.startup import DOWNLOAD_GRACE
 from proxy.testing.harness import wait_until
 from proxy.testing.ubiops_instance import UbiOpsInstance, timeout_error
 from tests.deployment.conftest import PACKAGE_DIR, sim_env
