@@ -112,7 +112,7 @@ def test_a_stream_yields_each_update_then_the_response_with_the_usage_chunk_last
     assert content == expected_text("smollm2", HI, NUM_TOKENS)
     assert parsed[-1]["choices"] == []
     assert parsed[-1]["usage"]["completion_tokens"] == NUM_TOKENS
-    assert all(c["model"] == "smollm2:latest" for c in parsed)
+    assert all(c["model"] == body["model"] for c in parsed), "the model as the client named it"
 
 
 def test_a_failed_request_raises_with_its_message(served: tuple[FakeUbiOps, Any]) -> None:
