@@ -107,6 +107,23 @@ async def test_unknown_model_is_404_listing_the_models(
         assert document["error"]["code"] == "model_not_found"
 
 
+@pytest.mark.parametrize("path", [OPENAI_CHAT, OLLAMA_CHAT, "/v1/responses", "/v1/messages"])
+async def test_a_cloud_model_is_refused_in_the_apis_shape_saying_why(
+    proxy: Proxy, http: aiohttp.ClientSession, path: str
+) -> None:
+    body = {"model": "gpt-oss:120b-cloud", "messages": MESSAGES, "input": "x", "max_tokens": 8}
+    status, document, _ = await post(http, proxy, path, body)
+    assert status == 404
+    if path == "/v1/messages":
+        assert document["type"] == "error"
+        assert document["error"]["type"] == "not_found_error"
+        message = document["error"]["message"]
+    else:
+        message = message_of(path, document, status=404)
+    assert "'gpt-oss:120b-cloud' is an ollama.com cloud model" in message
+    assert CHAT in message
+
+
 async def test_the_clients_raise_their_own_errors(proxy: Proxy) -> None:
     client = openai.AsyncOpenAI(
         base_url=f"{proxy.url}/v1", api_key=API_KEY, max_retries=0, timeout=CLIENT_TIMEOUT_SECONDS
