@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -15,6 +15,7 @@ __all__ = [
     "Saturation",
     "StreamLatency",
     "latency_round",
+    "paired",
     "rotate",
     "saturate",
     "stream_latency_round",
@@ -146,14 +147,24 @@ def saturate(
 
 @dataclass(frozen=True, slots=True)
 class StreamLatency:
-    """One target's streams in one round: medians over its streams, and their content digests."""
+    """One target's streams in one round, in the order they ran (ms, chunks per second).
 
-    ttfc_p50: float
-    total_p50: float
-    decode_per_s: float
-    chunks: float
+    With targets alternated request by request, the k-th stream of one target ran right next
+    to the k-th of another: :func:`paired` compares them pair by pair.
+    """
+
+    ttfc_ms: tuple[float, ...]
+    total_ms: tuple[float, ...]
+    decode_per_s: tuple[float, ...]
+    chunks: tuple[int, ...]
     digests: tuple[str, ...]
-    n: int
+
+
+def paired(
+    subject: Sequence[float], baseline: Sequence[float], op: Callable[[float, float], float]
+) -> float:
+    """The median of ``op(subject[k], baseline[k])`` over the pairs of neighbouring requests."""
+    return percentile([op(a, b) for a, b in zip(subject, baseline, strict=True)], 50)
 
 
 def stream_latency_round(
@@ -188,11 +199,10 @@ def stream_latency_round(
     out = {}
     for name, rec in result["targets"].items():
         out[name] = StreamLatency(
-            ttfc_p50=percentile(rec["ttfc_ms"], 50),
-            total_p50=percentile(rec["total_ms"], 50),
-            decode_per_s=percentile(rec["decode_per_s"], 50),
-            chunks=percentile(rec["chunks"], 50),
+            ttfc_ms=tuple(rec["ttfc_ms"]),
+            total_ms=tuple(rec["total_ms"]),
+            decode_per_s=tuple(rec["decode_per_s"]),
+            chunks=tuple(rec["chunks"]),
             digests=tuple(rec["digests"]),
-            n=len(rec["ttfc_ms"]),
         )
     return out, float(result["loadgen_cpu_pct"])

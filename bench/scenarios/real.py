@@ -8,17 +8,26 @@ alternated request by request (ABBA) on one keep-alive connection per side:
 
 * streamed chat (OpenAI SSE), greedy (temperature 0, fixed seed) so that both sides generate the
   same text: time to first token, decode rate (chunks per second after the first) and the whole
-  stream's time, proxy minus direct (or proxy / direct for the rate);
+  stream's time, proxy minus direct (or proxy / direct for the rate), compared pair by pair
+  (each proxied stream with the direct one next to it in time), the round's figure being the
+  median over its pairs;
 * non-streamed chat (a few tokens) and embeddings: added latency p50.
 
 Generation runs on the same two cores as the proxy, so what the proxy adds here includes its
-competition with the model for CPU.
+competition with the model for CPU. A model runner of anything else on the machine (another
+Ollama) competes too, and on two cores that swamps every figure: the CPU such runners used
+during each round is reported beside the figures, and noted when it is not negligible.
 """
 
 from __future__ import annotations
 
+import time
+from pathlib import Path
+
+import psutil
+
 from bench.context import Bench, chat_body, embed_body
-from bench.measure import latency_round, rotate, stream_latency_round
+from bench.measure import latency_round, paired, rotate, stream_latency_round
 from bench.report import ScenarioResult, Target
 from bench.stack import (
     REAL_CHAT_MODEL,
@@ -27,7 +36,7 @@ from bench.stack import (
     http_post,
     real_ollama,
 )
-from bench.stats import ratio
+from bench.stats import percentile, ratio
 from proxy.testing.harness import http_json
 
 NAME = "real"
@@ -36,6 +45,12 @@ TITLE = "Real Ollama with SmolLM2: proxy vs direct"
 _PROMPT = "Tell me a short story about a lighthouse keeper and a storm."
 _SHORT_TOKENS = 8
 _KEEP_UP = 0.98
+_NEIGHBOURS_NEGLIGIBLE = 0.1
+"""Cores of other model runners below which a round counts as undisturbed."""
+
+
+def _minus(a: float, b: float) -> float:
+    return a - b
 
 
 def _greedy(body: dict[str, object]) -> dict[str, object]:
@@ -83,18 +98,20 @@ def run(bench: Bench) -> ScenarioResult:
         embed50: list[float] = []
         embed99: list[float] = []
         differ = 0
+        neighbours: list[float] = []
         for i in range(p.rounds):
+            before, t0 = _runner_cpu(stack.proxy_pid), time.monotonic()
             order = rotate([direct, proxy], i)
             streams, _ = stream_latency_round(
                 bench.loadgen, order, "/v1/chat/completions", stream_body, p.real_streams, 1
             )
             d, x = streams["direct"], streams["proxy"]
-            ttft.append(x.ttfc_p50 - d.ttfc_p50)
-            tps.append(ratio(x.decode_per_s, d.decode_per_s))
-            total.append(x.total_p50 - d.total_p50)
-            base_ttft.append(d.ttfc_p50)
-            base_tps.append(d.decode_per_s)
-            tokens.append(d.chunks)
+            ttft.append(paired(x.ttfc_ms, d.ttfc_ms, _minus))
+            tps.append(paired(x.decode_per_s, d.decode_per_s, ratio))
+            total.append(paired(x.total_ms, d.total_ms, _minus))
+            base_ttft.append(percentile(d.ttfc_ms, 50))
+            base_tps.append(percentile(d.decode_per_s, 50))
+            tokens.append(percentile(d.chunks, 50))
             differ += sum(digest not in d.digests for digest in x.digests)
             lat, _ = latency_round(
                 bench.loadgen, order, "/v1/chat/completions", chat, p.real_chats, 1
@@ -105,6 +122,9 @@ def run(bench: Bench) -> ScenarioResult:
             )
             embed50.append(lat["proxy"].p50 - lat["direct"].p50)
             embed99.append(lat["proxy"].p99 - lat["direct"].p99)
+            after = _runner_cpu(stack.proxy_pid)
+            busy = sum(cpu - before.get(pid, 0.0) for pid, cpu in after.items())
+            neighbours.append(busy / (time.monotonic() - t0))
     result.add("stream: added time to first token p50", "ms", ttft)
     result.add("stream: tokens/s via proxy / direct", "x", tps, Target(">=", _KEEP_UP))
     result.add("stream: added whole-stream time p50", "ms", total)
@@ -115,15 +135,45 @@ def run(bench: Bench) -> ScenarioResult:
     result.add(f"chat ({_SHORT_TOKENS} tokens, whole): added p50", "ms", chat_added)
     result.add("embeddings: added p50", "ms", embed50)
     result.add("embeddings: added p99", "ms", embed99)
+    result.add("other model runners on this machine, during the round", "cores", neighbours)
     result.notes.append(
         f"Ollama {result.extra['ollama']} ({real.bin}) with {REAL_CHAT_MODEL} and "
         f"{REAL_EMBED_MODEL}; {p.rounds} rounds x {p.real_streams} greedy streams of up to "
         f"{p.real_stream_tokens} tokens, {p.real_chats} whole chats and {p.real_embeddings} "
         "embeddings per side, alternated per request at concurrency 1"
     )
+    disturbed = sum(busy >= _NEIGHBOURS_NEGLIGIBLE for busy in neighbours)
+    if disturbed:
+        result.notes.append(
+            f"in {disturbed} of {p.rounds} rounds other model runners on this machine used up to "
+            f"{max(neighbours):.2f} cores of its {psutil.cpu_count()}: those rounds measure "
+            "contention with them more than the proxy; re-run with --only real when they are idle"
+        )
     if differ:
         result.notes.append(
             f"{differ} proxied streams differed from every direct one in the same round: greedy "
             "decoding on CPU is not always bit-for-bit repeatable (prompt cache reuse)"
         )
     return result
+
+
+def _runner_cpu(own: int) -> dict[int, float]:
+    """CPU seconds so far of every model runner on this machine outside the process tree of
+    ``own`` (``ollama runner``, ``llama-server``), by pid."""
+    try:
+        ours = {own, *(c.pid for c in psutil.Process(own).children(recursive=True))}
+    except psutil.Error:
+        ours = {own}
+    found: dict[int, float] = {}
+    for proc in psutil.process_iter(["cmdline"]):
+        cmdline = proc.info["cmdline"] or []
+        if proc.pid in ours or not cmdline:
+            continue
+        name = Path(cmdline[0]).name
+        if (name == "ollama" and "runner" in cmdline[1:2]) or name == "llama-server":
+            try:
+                times = proc.cpu_times()
+            except psutil.Error:
+                continue
+            found[proc.pid] = times.user + times.system
+    return found
