@@ -112,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             for name in names:
                 module = SCENARIOS[name]
-                t0 = time.monotonic()
+                t0, load0 = time.monotonic(), os.getloadavg()[0]
                 print(f"== {name}: {module.TITLE}", file=sys.stderr, flush=True)
                 try:
                     result = module.run(bench)
@@ -123,6 +123,8 @@ def main(argv: list[str] | None = None) -> int:
                     )
                     failed = True
                 result.extra["seconds"] = round(time.monotonic() - t0, 1)
+                # Other work on the machine shows here: the 1-minute load around the scenario.
+                result.extra["loadavg_1min"] = [round(load0, 2), round(os.getloadavg()[0], 2)]
                 results.append(result)
         finally:
             bench.close()
