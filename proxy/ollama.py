@@ -2,7 +2,8 @@
 
 :func:`ollama_child` builds the :class:`~proxy.children.ChildProcess` the supervisor runs: on
 loopback only, without the proxy's secrets, its output relayed as structured events with
-``source="ollama"`` (Go's ``level=`` mapped onto ours). :func:`wait_until_ready` watches a
+``source="ollama"`` (Go's ``level=`` mapped onto ours; Gin's per-request access lines at debug,
+since the proxy logs every request itself). :func:`wait_until_ready` watches a
 freshly spawned child until it answers. Polling starts at once; the delay doubles up to a cap,
 so an Ollama that answers is noticed within one cap interval (20 ms) while a slow start costs
 little. Between polls the wait is on the child's exit, never a blind sleep. Three outcomes:
@@ -58,6 +59,8 @@ POLL_REQUEST_TIMEOUT = 2.0
 WITHHELD_VARIABLES = ("PROXY_API_KEY", "PROXY_ADMIN_KEY", "UBIOPS_API_TOKEN")
 """Secrets of the proxy and the deployment tooling that ``ollama serve`` never gets."""
 
+_GIN_ACCESS = "[GIN] "
+"""Gin's access line, one per request Ollama serves: the proxy's own access log says more."""
 _GO_LEVEL = re.compile(r"\blevel=(DEBUG|INFO|WARN|WARNING|ERROR)\b")
 _GO_LEVELS = {
     "DEBUG": logging.DEBUG,
@@ -156,6 +159,9 @@ def _relay_output() -> LineSink:
     relay: Any = get_logger("ollama").bind(source="ollama")
 
     def emit(stream: str, line: str) -> None:
+        if line.startswith(_GIN_ACCESS):
+            relay.debug(line, stream=stream)
+            return
         match = _GO_LEVEL.search(line)
         level = _GO_LEVELS[match.group(1)] if match else logging.INFO
         if line.startswith(("panic:", "fatal error:")):

@@ -84,6 +84,7 @@ async def test_output_is_relayed_as_ollama_events_and_stderr_tail_kept(tmp_path:
         tmp_path,
         'echo "to stdout"\n'
         'echo "time=x level=WARN msg=careful" >&2\n'
+        'echo "[GIN] 2026/11/27 - 17:22:12 | 200 |  619.9µs | 127.0.0.1 | POST \\"/api/chat\\"" >&2\n'
         'for i in $(seq 1 30); do echo "line $i" >&2; done\n'
         "printf 'no newline at the end' >&2\n"
         "exit 3\n",
@@ -98,8 +99,10 @@ async def test_output_is_relayed_as_ollama_events_and_stderr_tail_kept(tmp_path:
     assert {"event": "to stdout", "stream": "stdout"}.items() <= relayed[0].items()
     warn = next(e for e in relayed if "careful" in e["event"])
     assert warn["log_level"] == "warning"
+    gin = next(e for e in relayed if e["event"].startswith("[GIN]"))
+    assert gin["log_level"] == "debug", "the proxy's access log already has the request"
     assert relayed[-1]["event"] == "no newline at the end"
-    assert len(relayed) == 33
+    assert len(relayed) == 34
     assert len(process.stderr_tail) == 20
     assert process.stderr_tail[-1] == "no newline at the end"
     assert process.describe_exit() == "exited with status 3"
