@@ -40,6 +40,7 @@ __all__ = [
     "OllamaStartTimeoutError",
     "build_child_env",
     "describe_error",
+    "ensure_port_free",
     "get_field",
     "ollama_child",
     "probe_version",
@@ -55,6 +56,9 @@ MAX_POLL_DELAY = 0.02
 
 POLL_REQUEST_TIMEOUT = 2.0
 """One ``GET /api/version`` may take this long before it counts as a failed poll (seconds)."""
+
+_PORT_CHECK = 1.0
+"""How long a connection to the internal address may take before it counts as free (seconds)."""
 
 WITHHELD_VARIABLES = ("PROXY_API_KEY", "PROXY_ADMIN_KEY", "UBIOPS_API_TOKEN")
 """Secrets of the proxy and the deployment tooling that ``ollama serve`` never gets."""
@@ -105,6 +109,32 @@ class OllamaStartTimeoutError(OllamaStartError):
             f"ollama serve did not answer within OLLAMA_START_TIMEOUT={timeout:g}s{detail}",
             stderr_tail,
         )
+
+
+async def ensure_port_free(host: str, port: int) -> None:
+    """Make sure nothing answers on Ollama's internal address before a child is started there.
+
+    Otherwise the readiness poll would take another server's answers (a second proxy's Ollama, a
+    stray ``ollama serve``) for the child's, while the child fails to listen.
+
+    Raises:
+        OllamaStartError: something accepts connections there.
+    """
+    try:
+        _, writer = await asyncio.wait_for(asyncio.open_connection(host, port), _PORT_CHECK)
+    except (OSError, TimeoutError):
+        return
+    writer.close()
+    with contextlib.suppress(OSError):
+        await writer.wait_closed()
+    raise OllamaStartError(
+        f"{_join(host, port)} (OLLAMA_INTERNAL_HOST) is already in use, by another proxy's "
+        "Ollama or an `ollama serve`; stop it or set OLLAMA_INTERNAL_HOST to a free port"
+    )
+
+
+def _join(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def resolve_executable(name: str) -> str:
@@ -231,10 +261,10 @@ async def wait_until_ready(
                 probe.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await probe
-            elif probe.exception() is None:
-                return probe.result()
-            else:
+            elif probe.exception() is not None:
                 last_error = describe_error(probe.exception())
+            elif not exited.done():  # an answer while the child runs (not another server's)
+                return probe.result()
             if exited.done():
                 await child.drain()
                 raise OllamaExitedError(exited.result(), child.describe_exit(), child.stderr_tail)

@@ -34,7 +34,13 @@ from tenacity.wait import wait_base
 from proxy.children import Backoff, ChildProcess
 from proxy.config import Settings
 from proxy.logs import get_logger
-from proxy.ollama import OllamaStartError, ollama_child, resolve_executable, wait_until_ready
+from proxy.ollama import (
+    OllamaStartError,
+    ensure_port_free,
+    ollama_child,
+    resolve_executable,
+    wait_until_ready,
+)
 from proxy.preparer import ModelPreparer, PullObserver
 from proxy.state import InstanceState, ModelStatus, OllamaStatus
 
@@ -262,6 +268,8 @@ class Supervisor:
             OllamaStartError: it could not be run, exited, or never answered (it is stopped).
         """
         assert self._session is not None
+        settings = self._settings
+        await ensure_port_free(settings.ollama_internal_host, settings.ollama_internal_port)
         try:
             executable = self._executable or resolve_executable(self._settings.ollama_bin)
             child = self._child = ollama_child(self._settings, executable)

@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -62,6 +63,9 @@ class ServiceProcess:
         url: its base URL.
         log_path: where its stdout and stderr go (appended); a temporary file by default.
         ready_path: the path that answers 200 once it is ready.
+        listening: what its log shows once it listens on its own port. Ready needs that too:
+            a 200 from another process that holds the port (a port picked by
+            :func:`~proxy.testing.harness.free_port` can be taken by then) is not this service.
         cwd: its working directory.
     """
 
@@ -76,6 +80,7 @@ class ServiceProcess:
         url: str,
         log_path: Path | None = None,
         ready_path: str = "/",
+        listening: re.Pattern[str] | None = None,
         cwd: Path | None = None,
     ) -> None:
         self.argv = list(argv)
@@ -86,9 +91,11 @@ class ServiceProcess:
             log_path = Path(self._tmp.name) / "service.log"
         self.log_path = log_path
         self.ready_path = ready_path
+        self._listening = listening
         self._cwd = cwd
         self.popen: subprocess.Popen[bytes] | None = None
         self.spawned_at = 0.0
+        self._log_start = 0
 
     def __repr__(self) -> str:  # never the environment: it holds keys
         return f"{type(self).__name__}(pid={self.pid}, url={self.url})"
@@ -111,6 +118,7 @@ class ServiceProcess:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         log: IO[bytes]
         with self.log_path.open("ab") as log:
+            self._log_start = log.tell()
             self.spawned_at = time.monotonic()
             self.popen = subprocess.Popen(
                 self.argv,
@@ -147,10 +155,18 @@ class ServiceProcess:
         def ready() -> Any:
             self.check_running()
             status, body = self.get(self.ready_path, timeout=1.0)
-            return body if status == 200 else None
+            return body if status == 200 and self._listens() else None
 
         limit = self.ready_timeout if timeout is None else timeout
         return self._waiting(ready, limit, f"{self.url}{self.ready_path} to answer 200")
+
+    def _listens(self) -> bool:
+        """Whether this run's log says it listens on its own port (see ``listening``)."""
+        if self._listening is None:
+            return True
+        with self.log_path.open("rb") as log:
+            log.seek(self._log_start)
+            return self._listening.search(log.read().decode(errors="replace")) is not None
 
     def wait_exit(self, timeout: float = STOP_GRACE) -> int:
         """Block until the process exits; its status."""
@@ -244,6 +260,13 @@ class ServiceProcess:
             raise HarnessError(f"{exc}{self._tail()}") from None
 
 
+def _proxy_listening(port: int, log_level: str) -> re.Pattern[str] | None:
+    """The proxy's ``listening`` event for ``port`` (an info event: None below that level)."""
+    if log_level.strip().lower() not in ("debug", "info"):
+        return None
+    return re.compile(rf"(?m)^(?=.*\blistening\b)(?=.*\bport\W{{1,3}}{port}\b)")
+
+
 class ProxyProcess(ServiceProcess):
     """``python -m proxy <command>`` as a real subprocess, ready when ``/readyz`` says so.
 
@@ -273,6 +296,7 @@ class ProxyProcess(ServiceProcess):
             url=f"http://127.0.0.1:{port}",
             log_path=log_path,
             ready_path="/readyz",
+            listening=_proxy_listening(port, env.get("LOG_LEVEL", "info")),
         )
 
     @property
@@ -376,6 +400,7 @@ class SimulatorProcess(ServiceProcess):
             },
             url=f"http://127.0.0.1:{self.port}",
             log_path=log_path or Path(self._work.name) / "ollama-sim.log",
+            listening=re.compile(rf"Listening on 127\.0\.0\.1:{self.port} "),
         )
 
     def start(self) -> Self:

@@ -13,6 +13,8 @@ from typing import Any
 import aiohttp
 import pytest
 import tenacity
+from aiohttp import web
+from aiohttp.test_utils import TestServer
 from structlog.testing import capture_logs
 
 from proxy.catalog import Catalog
@@ -145,6 +147,27 @@ async def test_start_failure_is_retried_a_bounded_number_of_times_then_fatal(
     assert "gave up after 3 attempts" in reason
     assert state.phase is Phase.DEGRADED
     assert not supervisor.child or supervisor.child.returncode is not None
+
+
+async def test_a_server_already_on_the_internal_port_is_not_taken_for_ollama(
+    make_supervisor: MakeSupervisor,
+) -> None:
+    async def version(_request: web.Request) -> web.Response:
+        return web.json_response({"version": "0.0.1-someone-else"})
+
+    squatter = web.Application()
+    squatter.router.add_get("/api/version", version)
+    async with TestServer(squatter, host="127.0.0.1") as other:
+        port = other.port
+        supervisor, state, _ = make_supervisor(ollama_internal_port=port)
+        with capture_logs() as logs:
+            await supervisor.start()
+            await wait_state(state, lambda s: s.ollama_status is OllamaStatus.FAILED)
+    assert not any(e["event"] == "ollama ready" for e in logs)
+    assert not any(e["event"] == "ollama started" for e in logs), "no child started there"
+    reason = state.readiness().details["ollama"]["reason"]
+    assert f"127.0.0.1:{port} (OLLAMA_INTERNAL_HOST) is already in use" in reason
+    assert "gave up after 3 attempts" in reason
 
 
 @pytest.mark.parametrize("mode", ["http500", "cut", "inband"])
