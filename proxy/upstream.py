@@ -109,7 +109,9 @@ class Upstream:
         """
         session = self._session
         if session is None:
-            raise UpstreamUnavailableError("the proxy is not started", retry_after=1)
+            raise UpstreamUnavailableError(
+                "the proxy is still starting; retry in a moment", retry_after=1
+            )
         url = self.url(path)
         retry = data is None or isinstance(data, bytes)
         while True:
