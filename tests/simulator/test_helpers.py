@@ -74,10 +74,37 @@ def test_parse_ollama_host(value: str, expected: tuple[str, int]) -> None:
 def test_server_config_defaults() -> None:
     config = ServerConfig.from_env({"HOME": "/home/me", "OLLAMA_HOST": '"0.0.0.0"'})
     assert (config.host, config.port) == ("0.0.0.0", 11434)
-    assert config.models_dir == Path("/home/me/.ollama/models")
+    assert config.models_dir == Path("/home/me/.cache/ubiops-ollama-proxy/simulator-models")
     assert config.keep_alive == 300
     assert config.address == "0.0.0.0:11434"
     assert ServerConfig.from_env({"OLLAMA_HOST": ":7000"}).address == "[::]:7000"
+
+
+@pytest.mark.parametrize(
+    ("environ", "expected"),
+    [
+        ({"HOME": "/h"}, "/h/.cache/ubiops-ollama-proxy/simulator-models"),
+        ({"HOME": "/h", "XDG_CACHE_HOME": "/xdg"}, "/xdg/ubiops-ollama-proxy/simulator-models"),
+        ({"HOME": "/h", "XDG_CACHE_HOME": "rel"}, "/h/.cache/ubiops-ollama-proxy/simulator-models"),
+        ({"HOME": "/h", "XDG_CACHE_HOME": "/xdg", "OLLAMA_MODELS": "'/m'"}, "/m"),
+    ],
+)
+def test_the_models_directory_is_the_simulators_own_unless_given(
+    environ: dict[str, str], expected: str
+) -> None:
+    """Never a real Ollama's ~/.ollama/models: the simulator would mix fake manifests into it."""
+    assert ServerConfig.from_env(environ).models_dir == Path(expected)
+
+
+def test_faults_settings_come_from_the_fields_that_read_them() -> None:
+    shown = {s.name: s.default for s in Faults.settings()}
+    assert shown["SIM_PULL_DELAY"] == "0.01"
+    assert shown["SIM_PULL_FAILURE_MODE"] == "http500"
+    assert shown["SIM_CRASH_AFTER"] == "unset"
+    assert len(shown) == len(Faults.__dataclass_fields__)
+    for name in shown.keys() - {"SIM_STATE_DIR"}:  # any text is a directory name
+        with pytest.raises(ValueError, match=name):
+            Faults.from_env({name: "x!"})
 
 
 @pytest.mark.parametrize(

@@ -1,8 +1,12 @@
 """What the simulator reads from its environment, once at start, and Go's duration syntax.
 
 ``OLLAMA_HOST``, ``OLLAMA_MODELS`` and ``OLLAMA_KEEP_ALIVE`` are read as Ollama reads them
-(:class:`ServerConfig`). The ``SIM_*`` variables inject faults and set the pace (:class:`Faults`);
-they are a contract other tests rely on. Every one is optional:
+(:class:`ServerConfig`), except that ``OLLAMA_MODELS`` defaults to a directory of the simulator's
+own, :data:`DEFAULT_MODELS_DIR` (``${XDG_CACHE_HOME:-~/.cache}/ubiops-ollama-proxy/
+simulator-models``), never a real Ollama's ``~/.ollama/models``. The ``SIM_*`` variables inject
+faults and set the pace (:class:`Faults`); they are a contract other tests rely on.
+:func:`settings` lists every variable with a one-line meaning and its default (``ollama-sim
+serve --help`` prints it), from the declarations the readers use. Every one is optional:
 
 ``SIM_START_DELAY`` (float seconds, default 0)
     Sleep before binding the port (a slow start). SIGTERM/SIGINT during the delay exit 0.
@@ -65,20 +69,25 @@ import enum
 import math
 import re
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
-from typing import TypeVar
+from typing import Any
 
 __all__ = [
+    "DEFAULT_MODELS_DIR",
+    "EXTRA_MODELS",
     "FOREVER",
     "VERSION",
     "Faults",
     "PullFailureMode",
     "ServerConfig",
+    "Setting",
+    "default_models_dir",
     "env_keep_alive",
     "parse_go_duration",
     "parse_keep_alive",
     "parse_ollama_host",
+    "settings",
 ]
 
 VERSION = "0.24.0"
@@ -88,7 +97,6 @@ binary of that release by ``tests/real_ollama/test_conformance.py``."""
 FOREVER = math.inf
 """A keep-alive that never expires."""
 
-_T = TypeVar("_T")
 _DEFAULT_PORT = 11434
 _UNITS = {
     "ns": 1e-9,
@@ -202,6 +210,37 @@ def _split_host_port(text: str) -> tuple[str, str | None]:
     return host, port
 
 
+DEFAULT_MODELS_DIR = "${XDG_CACHE_HOME:-~/.cache}/ubiops-ollama-proxy/simulator-models"
+"""Where the simulator keeps its (fake) models when ``OLLAMA_MODELS`` is unset, as the help says
+it; :func:`default_models_dir` resolves it. Not Ollama's ``~/.ollama/models``: a real Ollama's
+models live there, and the simulator would mix its manifests into them."""
+
+
+def default_models_dir(environ: Mapping[str, str]) -> Path:
+    """:data:`DEFAULT_MODELS_DIR` for ``environ``: ``$XDG_CACHE_HOME`` when it is an absolute
+    path (the XDG rule), else ``$HOME/.cache``."""
+    cache = Path(environ.get("XDG_CACHE_HOME", ""))
+    if not cache.is_absolute():
+        cache = Path(environ.get("HOME") or Path.home()) / ".cache"
+    return cache / "ubiops-ollama-proxy" / "simulator-models"
+
+
+@dataclass(frozen=True, slots=True)
+class Setting:
+    """One environment variable the simulator reads, as its help lists it."""
+
+    name: str
+    meaning: str
+    default: str
+
+
+EXTRA_MODELS = Setting(
+    "SIM_EXTRA_MODELS",
+    "more pullable models, comma-separated name[:tag]=chat|embedding[:dim]",
+    "unset",
+)
+
+
 @dataclass(frozen=True, slots=True)
 class ServerConfig:
     """Where to listen, where models live, and the default keep-alive (seconds; inf = forever)."""
@@ -211,16 +250,26 @@ class ServerConfig:
     models_dir: Path
     keep_alive: float
 
+    SETTINGS = (
+        Setting("OLLAMA_HOST", "IP address and port to listen on", f"127.0.0.1:{_DEFAULT_PORT}"),
+        Setting(
+            "OLLAMA_MODELS",
+            "the models directory",
+            DEFAULT_MODELS_DIR,
+        ),
+        Setting("OLLAMA_KEEP_ALIVE", "how long a model stays loaded after use", "5m"),
+    )
+    """The Ollama variables :meth:`from_env` reads."""
+
     @classmethod
     def from_env(cls, environ: Mapping[str, str]) -> ServerConfig:
         """Read the Ollama variables from ``environ``."""
         host, port = parse_ollama_host(_env(environ, "OLLAMA_HOST"))
         models = _env(environ, "OLLAMA_MODELS")
-        home = environ.get("HOME") or str(Path.home())
         return cls(
             host=host,
             port=port,
-            models_dir=Path(models) if models else Path(home) / ".ollama" / "models",
+            models_dir=Path(models) if models else default_models_dir(environ),
             keep_alive=env_keep_alive(_env(environ, "OLLAMA_KEEP_ALIVE") or None),
         )
 
@@ -239,23 +288,78 @@ class PullFailureMode(enum.StrEnum):
     INBAND = "inband"
 
 
+def _reads(name: str, convert: Callable[[str], object], meaning: str) -> dict[str, object]:
+    """A :class:`Faults` field's metadata: read from ``$name`` with ``convert``; its meaning."""
+    return {"env": name, "convert": convert, "meaning": meaning}
+
+
 @dataclass(frozen=True, slots=True)
 class Faults:
-    """Fault and pacing settings; see the module docstring for the environment contract."""
+    """Fault and pacing settings; see the module docstring for the environment contract.
 
-    start_delay: float = 0.0
-    exit_at_start: int | None = None
-    pull_failures: int = 0
-    pull_failure_mode: PullFailureMode = PullFailureMode.HTTP500
-    state_dir: Path | None = None
-    pull_delay: float = 0.01
-    pull_steps: int = 5
-    crash_after: int | None = None
-    token_delay: float = 0.0
-    num_tokens: int = 12
-    stream_cut_after: int | None = None
-    stream_error_after: int | None = None
-    load_delay: float = 0.0
+    Each field declares the variable it is read from, how, its default and its meaning, which
+    :meth:`from_env` and :meth:`settings` (the help) both use.
+    """
+
+    start_delay: float = field(
+        default=0.0,
+        metadata=_reads("SIM_START_DELAY", float, "seconds to wait before binding the port"),
+    )
+    exit_at_start: int | None = field(
+        default=None,
+        metadata=_reads(
+            "SIM_EXIT_AT_START", int, "exit with this status instead of binding the port"
+        ),
+    )
+    pull_failures: int = field(
+        default=0, metadata=_reads("SIM_PULL_FAILURES", int, "the first N pulls fail")
+    )
+    pull_failure_mode: PullFailureMode = field(
+        default=PullFailureMode.HTTP500,
+        metadata=_reads(
+            "SIM_PULL_FAILURE_MODE",
+            PullFailureMode,
+            f"how an injected pull failure shows: {' | '.join(PullFailureMode)}",
+        ),
+    )
+    state_dir: Path | None = field(
+        default=None,
+        metadata=_reads(
+            "SIM_STATE_DIR", Path, "directory keeping fault counters across restarts, and pulls.log"
+        ),
+    )
+    pull_delay: float = field(
+        default=0.01,
+        metadata=_reads("SIM_PULL_DELAY", float, "seconds between pull progress lines"),
+    )
+    pull_steps: int = field(
+        default=5, metadata=_reads("SIM_PULL_STEPS", int, "progress lines per layer pulled")
+    )
+    crash_after: int | None = field(
+        default=None,
+        metadata=_reads("SIM_CRASH_AFTER", int, "the process dies at inference request N+1"),
+    )
+    token_delay: float = field(
+        default=0.0, metadata=_reads("SIM_TOKEN_DELAY", float, "seconds before each token")
+    )
+    num_tokens: int = field(
+        default=12, metadata=_reads("SIM_NUM_TOKENS", int, "tokens per completion")
+    )
+    stream_cut_after: int | None = field(
+        default=None,
+        metadata=_reads("SIM_STREAM_CUT_AFTER", int, "every stream is cut after K chunks"),
+    )
+    stream_error_after: int | None = field(
+        default=None,
+        metadata=_reads(
+            "SIM_STREAM_ERROR_AFTER",
+            int,
+            "every stream fails after K chunks, as when the model runner dies",
+        ),
+    )
+    load_delay: float = field(
+        default=0.0, metadata=_reads("SIM_LOAD_DELAY", float, "seconds to load a model")
+    )
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str]) -> Faults:
@@ -264,36 +368,41 @@ class Faults:
         Raises:
             ValueError: a variable is malformed; the message names it.
         """
-
-        def get(key: str, convert: Callable[[str], _T], default: _T) -> _T:
+        values: dict[str, Any] = {}
+        for f in fields(cls):
+            key = f.metadata["env"]
             raw = environ.get(key, "").strip()
-            if not raw:
-                return default
-            try:
-                return convert(raw)
-            except ValueError:
-                raise ValueError(f"{key}: invalid value {raw!r}") from None
-
-        state_dir = environ.get("SIM_STATE_DIR", "").strip()
-        faults = cls(
-            start_delay=get("SIM_START_DELAY", float, 0.0),
-            exit_at_start=get("SIM_EXIT_AT_START", int, None),
-            pull_failures=get("SIM_PULL_FAILURES", int, 0),
-            pull_failure_mode=get(
-                "SIM_PULL_FAILURE_MODE", PullFailureMode, PullFailureMode.HTTP500
-            ),
-            state_dir=Path(state_dir) if state_dir else None,
-            pull_delay=get("SIM_PULL_DELAY", float, 0.01),
-            pull_steps=get("SIM_PULL_STEPS", int, 5),
-            crash_after=get("SIM_CRASH_AFTER", int, None),
-            token_delay=get("SIM_TOKEN_DELAY", float, 0.0),
-            num_tokens=get("SIM_NUM_TOKENS", int, 12),
-            stream_cut_after=get("SIM_STREAM_CUT_AFTER", int, None),
-            stream_error_after=get("SIM_STREAM_ERROR_AFTER", int, None),
-            load_delay=get("SIM_LOAD_DELAY", float, 0.0),
-        )
+            if raw:
+                try:
+                    values[f.name] = f.metadata["convert"](raw)
+                except ValueError:
+                    raise ValueError(f"{key}: invalid value {raw!r}") from None
+        faults = cls(**values)
         if faults.pull_steps < 1:
             raise ValueError("SIM_PULL_STEPS: must be at least 1")
         if min(faults.num_tokens, faults.pull_failures) < 0:
             raise ValueError("SIM_NUM_TOKENS and SIM_PULL_FAILURES must not be negative")
         return faults
+
+    @classmethod
+    def settings(cls) -> tuple[Setting, ...]:
+        """The ``SIM_*`` variables :meth:`from_env` reads, from the fields' declarations."""
+        return tuple(
+            Setting(
+                f.metadata["env"],
+                f.metadata["meaning"],
+                _shown(f.default),
+            )
+            for f in fields(cls)
+        )
+
+
+def _shown(default: object) -> str:
+    if default is None or default is MISSING:
+        return "unset"
+    return f"{default:g}" if isinstance(default, float) else str(default)
+
+
+def settings() -> tuple[Setting, ...]:
+    """Every variable the simulator reads: the Ollama ones, then the ``SIM_*`` ones."""
+    return (*ServerConfig.SETTINGS, *Faults.settings(), EXTRA_MODELS)
