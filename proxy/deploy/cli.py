@@ -59,20 +59,23 @@ direct access:
 """
 
 
-class _Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    """Option defaults in the help (when there is one), and the epilog's line breaks kept."""
+def _shown(value: object) -> str:
+    """A default as the help shows it, ``%`` escaped for argparse."""
+    text = "none" if value is None or value == "" else str(value)
+    return text.replace("%", "%%")
 
-    def _get_help_string(self, action: argparse.Action) -> str | None:
-        if action.default in (None, False, ""):
-            return action.help
-        return super()._get_help_string(action)
+
+def _default(value: object) -> str:
+    """The help's note on a default that is a constant: ``(default: value)``."""
+    return f"(default: {_shown(value)})"
 
 
 def _from_env(env: Mapping[str, str], name: str, fallback: str | None) -> tuple[str | None, str]:
-    """An option's default: ``$name`` when it is set, else ``fallback``; and the help's note."""
+    """An option's default: ``$name`` when it is set, else ``fallback``; and the help's note:
+    ``(default: value, from $name)`` when set, else ``(default: $name, else fallback)``."""
     if name in env:
-        return env[name], f"from ${name}"
-    return fallback, f"or ${name}"
+        return env[name], f"(default: {_shown(env[name])}, from ${name})"
+    return fallback, f"(default: ${name}, else {_shown(fallback)})"
 
 
 def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> int:
@@ -165,7 +168,7 @@ def _parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
             f"Reads the API token from {TOKEN_VARIABLE} (with or without the 'Token ' prefix)."
         ),
         epilog=_EPILOG,
-        formatter_class=_Formatter,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     project, project_note = _from_env(env, "UBIOPS_PROJECT", "")
     api_host, api_host_note = _from_env(env, "UBIOPS_API_HOST", DEFAULT_API_HOST)
@@ -173,48 +176,78 @@ def _parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
     chat, chat_note = _from_env(env, "OLLAMA_CHAT_MODELS", d.chat_models)
     embedding, embedding_note = _from_env(env, "OLLAMA_EMBEDDING_MODELS", d.embedding_models)
     aliases, aliases_note = _from_env(env, "MODEL_ALIASES", d.aliases)
+    image_output = _project_root() / "build" / "ollama-ubiops.tar"
+    package_dir = _default_package_dir()
 
     where = parser.add_argument_group("where")
-    where.add_argument("--project", default=project, help=f"UbiOps project ({project_note})")
+    where.add_argument(
+        "--project", default=project, help=f"UbiOps project, required {project_note}"
+    )
     where.add_argument(
         "--api-host",
         default=api_host,
-        help=f"UbiOps API URL; by default the ubiops client's ({api_host_note})",
+        help=f"UbiOps API URL; the fallback is the pinned ubiops client's own {api_host_note}",
     )
-    where.add_argument("--deployment", default=d.deployment)
-    where.add_argument("--version", default=d.version, help="deployment version name")
-    where.add_argument("--environment", default=d.environment, help="custom environment name")
+    where.add_argument(
+        "--deployment", default=d.deployment, help=f"deployment name {_default(d.deployment)}"
+    )
+    where.add_argument(
+        "--version", default=d.version, help=f"deployment version name {_default(d.version)}"
+    )
+    where.add_argument(
+        "--environment",
+        default=d.environment,
+        help=f"custom environment name {_default(d.environment)}",
+    )
 
     size = parser.add_argument_group("instances")
     size.add_argument(
         "--instance-type",
         default=d.instance_type,
-        help="instance type group; custom images need a '(Dedicated)' one",
+        help="instance type group; custom images need a '(Dedicated)' one "
+        f"{_default(d.instance_type)}",
     )
     size.add_argument(
-        "--instance-processes", type=int, default=d.instance_processes, help="requests at once"
+        "--instance-processes",
+        type=int,
+        default=d.instance_processes,
+        help=f"requests at once {_default(d.instance_processes)}",
     )
-    size.add_argument("--min-instances", type=int, default=d.min_instances)
-    size.add_argument("--max-instances", type=int, default=d.max_instances)
     size.add_argument(
-        "--max-idle-time", type=int, default=d.max_idle_time, help="seconds before scale-down"
+        "--min-instances",
+        type=int,
+        default=d.min_instances,
+        help=f"instances kept running; 0 scales to zero when idle {_default(d.min_instances)}",
+    )
+    size.add_argument(
+        "--max-instances",
+        type=int,
+        default=d.max_instances,
+        help=f"most instances running at once {_default(d.max_instances)}",
+    )
+    size.add_argument(
+        "--max-idle-time",
+        type=int,
+        default=d.max_idle_time,
+        help=f"seconds before scale-down {_default(d.max_idle_time)}",
     )
 
     models = parser.add_argument_group("models")
-    models.add_argument("--chat-models", default=chat, help=f"comma-separated ({chat_note})")
+    models.add_argument("--chat-models", default=chat, help=f"comma-separated {chat_note}")
     models.add_argument(
-        "--embedding-models", default=embedding, help=f"comma-separated ({embedding_note})"
+        "--embedding-models", default=embedding, help=f"comma-separated {embedding_note}"
     )
     models.add_argument(
-        "--aliases", default=aliases, help=f"alias=model;alias2=model2 ({aliases_note})"
+        "--aliases", default=aliases, help=f"alias=model;alias2=model2 {aliases_note}"
     )
 
-    image = parser.add_argument_group("environment image (default: keep the current one)")
+    image = parser.add_argument_group("environment image")
     source = image.add_mutually_exclusive_group()
     source.add_argument(
         "--image",
         type=Path,
-        help="image archive to upload (`docker save`, `podman save --format docker-archive`)",
+        help="image archive to upload (`docker save`, `podman save --format docker-archive`) "
+        "(default: none; the environment keeps its current image)",
     )
     source.add_argument(
         "--build",
@@ -225,18 +258,20 @@ def _parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
         "--engine",
         choices=("auto", *ENGINES),
         default=d.engine,
-        help="with --build: auto uses docker when its daemon answers, else podman",
+        help="with --build: auto uses docker when its daemon answers, else podman "
+        f"{_default(d.engine)}",
     )
     image.add_argument(
         "--base-image",
         default=base_image,
-        help=f"with --build: the UbiOps base image with the request agent ({base_image_note})",
+        help=f"with --build: the UbiOps base image with the request agent, required there "
+        f"{base_image_note}",
     )
     image.add_argument(
         "--image-output",
         type=Path,
-        default=_project_root() / "build" / "ollama-ubiops.tar",
-        help="with --build: where the saved image archive is written",
+        default=image_output,
+        help=f"with --build: where the saved image archive is written {_default(image_output)}",
     )
     image.add_argument(
         "--bake-models",
@@ -248,14 +283,14 @@ def _parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
         type=Path,
         help="with --build: a PEM bundle trusted for HTTPS during the build only (build secret "
         "ca_bundle), for networks that inspect TLS; give a complete bundle, e.g. "
-        "/etc/ssl/certs/ca-certificates.crt",
+        f"/etc/ssl/certs/ca-certificates.crt {_default(None)}",
     )
     image.add_argument(
         "--build-arg",
         action="append",
         metavar="NAME=VALUE",
         help="with --build: another Dockerfile build argument, e.g. OLLAMA_URL=<mirror of the "
-        "release archive> or OLLAMA_GPU=true (repeatable)",
+        f"release archive> or OLLAMA_GPU=true (repeatable) {_default(None)}",
     )
 
     access = parser.add_argument_group("direct access (the proxy then requires PROXY_API_KEY)")
@@ -265,15 +300,16 @@ def _parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
         nargs="?",
         const=PROXY_PORT,
         metavar="PUBLIC_PORT",
-        help=f"open PUBLIC_PORT (default {PROXY_PORT}) on the instance to the proxy",
+        help=f"open PUBLIC_PORT on the instance to the proxy; --port-forward alone opens "
+        f"{PROXY_PORT} {_default(None)}",
     )
     access.add_argument(
         "--service",
         nargs="?",
         const="",
         metavar="NAME",
-        help="create a UbiOps Service (HTTPS, token auth) on the proxy port; "
-        "NAME defaults to <deployment>-<version>",
+        help="create a UbiOps Service (HTTPS, token auth) on the proxy port named NAME; "
+        f"--service alone names it <deployment>-<version> {_default(None)}",
     )
     access.add_argument(
         "--show-api-key", action="store_true", help=f"print a newly generated {PROXY_API_KEY}"
@@ -291,9 +327,17 @@ def _parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
         "environment when nothing else uses it) after a confirmation; says what it keeps and why",
     )
     run.add_argument("--yes", action="store_true", help="with --delete: do not ask")
-    run.add_argument("--package-dir", type=Path, default=_default_package_dir())
     run.add_argument(
-        "--timeout", type=int, default=d.timeout, help="seconds to wait for each build"
+        "--package-dir",
+        type=Path,
+        default=package_dir,
+        help=f"the deployment package directory, zipped and uploaded {_default(package_dir)}",
+    )
+    run.add_argument(
+        "--timeout",
+        type=int,
+        default=d.timeout,
+        help=f"seconds to wait for each build {_default(d.timeout)}",
     )
     return parser
 
