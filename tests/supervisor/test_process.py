@@ -84,7 +84,8 @@ async def test_output_is_relayed_as_ollama_events_and_stderr_tail_kept(tmp_path:
         tmp_path,
         'echo "to stdout"\n'
         'echo "time=x level=WARN msg=careful" >&2\n'
-        'echo "[GIN] 2026/11/27 - 17:22:12 | 200 |  619.9µs | 127.0.0.1 | POST \\"/api/chat\\"" >&2\n'
+        'echo "[GIN] 2026/11/27 - 17:22:12 | 200 |  619.9µs | 127.0.0.1 | '
+        'POST \\"/api/chat\\"" >&2\n'
         'for i in $(seq 1 30); do echo "line $i" >&2; done\n'
         "printf 'no newline at the end' >&2\n"
         "exit 3\n",
