@@ -203,12 +203,13 @@ class Admission:
 class RateWindow:
     """A key's requests and tokens in the last minute, against its per-minute limits."""
 
-    __slots__ = ("_requests", "_rpm", "_tokens", "_tpm")
+    __slots__ = ("_requests", "_rpm", "_tokens", "_tokens_in_window", "_tpm")
 
     def __init__(self, rpm: int | None, tpm: int | None) -> None:
         self._rpm, self._tpm = rpm, tpm
         self._requests: deque[float] = deque()
         self._tokens: deque[tuple[float, int]] = deque()
+        self._tokens_in_window = 0  # the sum over _tokens, kept so a request costs O(1)
 
     def admit(self, key: str) -> None:
         """Count one request now.
@@ -221,22 +222,24 @@ class RateWindow:
         while self._requests and now - self._requests[0] >= 60.0:
             self._requests.popleft()
         while self._tokens and now - self._tokens[0][0] >= 60.0:
-            self._tokens.popleft()
+            self._tokens_in_window -= self._tokens.popleft()[1]
         if self._rpm is not None and len(self._requests) >= self._rpm:
             wait = 60.0 - (now - self._requests[0])
             raise QueueFullError(
                 f"key {key!r} may send {self._rpm} requests a minute; retry later",
                 retry_after=max(1, math.ceil(wait)),
             )
-        if self._tpm is not None and sum(n for _, n in self._tokens) >= self._tpm:
+        if self._tpm is not None and self._tokens_in_window >= self._tpm:
             wait = 60.0 - (now - self._tokens[0][0])
             raise QueueFullError(
                 f"key {key!r} may use {self._tpm} tokens a minute; retry later",
                 retry_after=max(1, math.ceil(wait)),
             )
-        self._requests.append(now)
+        if self._rpm is not None:
+            self._requests.append(now)
 
     def spent(self, tokens: int) -> None:
         """Count ``tokens`` a finished request used."""
         if self._tpm is not None and tokens > 0:
             self._tokens.append((time.monotonic(), tokens))
+            self._tokens_in_window += tokens

@@ -142,3 +142,32 @@ def test_a_rate_window_refuses_beyond_its_minute() -> None:
     with pytest.raises(QueueFullError, match="100 tokens a minute") as refused:
         tokens.admit("k")
     assert 1 <= int(refused.value.headers()["Retry-After"]) <= 60
+
+
+def test_a_rate_window_slides_requests_and_tokens_out_after_a_minute(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    now = [1000.0]
+    monkeypatch.setattr("proxy.admission.time.monotonic", lambda: now[0])
+    window = RateWindow(rpm=4, tpm=100)
+    for spent in (40, 40):
+        window.admit("k")
+        window.spent(spent)
+        now[0] += 10
+    window.admit("k")
+    window.spent(30)  # 110 tokens in the window now
+    with pytest.raises(QueueFullError, match="100 tokens a minute") as refused:
+        window.admit("k")
+    assert refused.value.headers()["Retry-After"] == "40"  # until the first 40 tokens leave
+    now[0] = 1000.0 + 60  # the first request and its 40 tokens leave: 70 tokens, 2 requests
+    window.admit("k")
+    window.admit("k")
+    with pytest.raises(QueueFullError, match="4 requests a minute"):
+        window.admit("k")
+    now[0] = 1000.0 + 10 + 60 + 20 + 60  # everything left long ago
+    window.admit("k")
+    window.spent(99)
+    window.admit("k")  # 99 tokens: under the limit
+    window.spent(1)
+    with pytest.raises(QueueFullError, match="100 tokens a minute"):
+        window.admit("k")
