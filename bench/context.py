@@ -18,7 +18,15 @@ from bench.stack import (
     find_nginx,
 )
 
-__all__ = ["Bench", "Profile", "chat_body", "embed_body", "full_profile", "smoke_profile"]
+__all__ = [
+    "Bench",
+    "Profile",
+    "chat_body",
+    "embed_body",
+    "full_profile",
+    "messages_body",
+    "smoke_profile",
+]
 
 STREAM_TOKENS = 200
 """Tokens per streamed answer (``SIM_NUM_TOKENS``); non-streamed answers ask for fewer."""
@@ -132,6 +140,16 @@ def chat_body(
     if max_tokens is not None:
         body["max_tokens"] = max_tokens
     return body
+
+
+def messages_body(*, max_tokens: int, text: str = "Hello") -> dict[str, Any]:
+    """An Anthropic Messages request (not streamed) for the bench's chat model."""
+    return {
+        "model": CHAT_MODEL,
+        "system": "You are a helpful assistant.",
+        "messages": [{"role": "user", "content": text}],
+        "max_tokens": max_tokens,
+    }
 
 
 def embed_body(

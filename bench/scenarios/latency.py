@@ -1,5 +1,5 @@
-"""Scenario 1: latency the proxy adds at concurrency 1 (non-streamed chat, and embeddings), with
-nginx as the floor anchor.
+"""Scenario 1: latency the proxy adds at concurrency 1 (non-streamed chat completions, Anthropic
+messages and embeddings), with nginx as the floor anchor, and the scheduler's share of it.
 
 Method: one keep-alive connection to the simulator (direct), one to the proxy in front of that
 same simulator process, and one to nginx (a plain streaming reverse proxy, see
@@ -8,11 +8,15 @@ all see the same machine at the same instant. Per round: p50 and p99 of each, an
 difference from direct. The figures are the medians of the per-round differences over the
 rounds. nginx shows what any extra hop costs here; the proxy's excess over it is its own work
 (auth, routing, logging, Python).
+
+The scheduler's part of that work (per-model lanes, keys' turns, rate windows) is measured
+in-process beside a plain semaphore (:mod:`bench.admission_cost`), idle and contended.
 """
 
 from __future__ import annotations
 
-from bench.context import SHORT_TOKENS, Bench, chat_body, embed_body
+from bench import admission_cost
+from bench.context import SHORT_TOKENS, Bench, chat_body, embed_body, messages_body
 from bench.measure import latency_round, rotate
 from bench.report import ScenarioResult, Target
 
@@ -21,6 +25,7 @@ TITLE = "Added latency at concurrency 1 (proxy minus direct; nginx as the floor)
 
 _KINDS = (
     ("chat", "/v1/chat/completions", chat_body(stream=False, max_tokens=SHORT_TOKENS)),
+    ("messages", "/v1/messages", messages_body(max_tokens=SHORT_TOKENS)),
     ("embeddings", "/v1/embeddings", embed_body()),
 )
 
@@ -37,6 +42,7 @@ def run(bench: Bench) -> ScenarioResult:
         result.notes.append(f"nginx floor not measured: {bench.nginx_missing}")
     p = bench.profile
     cpu_pct: list[float] = []
+    chat_added: list[float] = []
     for kind, path, body in _KINDS:
         added: dict[str, dict[str, list[float]]] = {
             t.name: {"p50": [], "p99": []} for t in targets[1:]
@@ -62,9 +68,30 @@ def run(bench: Bench) -> ScenarioResult:
                 [a - b for a, b in zip(added["proxy"]["p50"], added["nginx"]["p50"], strict=True)],
             )
         result.add(f"{kind}: direct p50 (context)", "ms", base50)
+        if kind == "chat":
+            chat_added = added["proxy"]["p50"]
+    _scheduler(result, p.rounds, p.latency_requests, chat_added)
     result.add("load generator CPU", "%", cpu_pct)
     result.notes.append(
         f"{p.rounds} rounds x {p.latency_requests} requests per target, alternated per request "
-        f"on one keep-alive connection each; chat answers {SHORT_TOKENS} tokens"
+        f"on one keep-alive connection each; chat and messages answer {SHORT_TOKENS} tokens"
     )
     return result
+
+
+def _scheduler(result: ScenarioResult, rounds: int, requests: int, chat_added: list[float]) -> None:
+    """The scheduler's cost per request beside a semaphore, and its share of chat's added p50."""
+    costs = [admission_cost.measure(requests * 25) for _ in range(rounds)]
+    idle = [c.idle_us for c in costs]
+    result.add("scheduler: added per request, idle", "us", idle)
+    result.add("scheduler: added per request, contended", "us", [c.contended_us for c in costs])
+    result.add(
+        "scheduler: share of chat added p50",
+        "%",
+        [us / 1000 / ms * 100 for us, ms in zip(idle, chat_added, strict=True)],
+        Target("<", 5.0),
+    )
+    result.notes.append(
+        "scheduler: per request, minus an asyncio.Semaphore doing the same in the same loop; "
+        "contended = 32 tasks of 8 weighted, capped keys for a budget of 2"
+    )
