@@ -1,4 +1,5 @@
-"""Profile the proxy's hot path: ``python -m bench.profile_proxy [chat|embeddings|stream]``.
+"""Profile the proxy's hot path:
+``python -m bench.profile_proxy [chat|messages|embeddings|stream]``.
 
 Starts the proxy under ``cProfile`` in front of a zero-delay simulator, saturates it with the
 load generator for ``--seconds``, stops it with SIGTERM (it exits cleanly, so the profile is
@@ -14,13 +15,14 @@ import pstats
 import tempfile
 from pathlib import Path
 
-from bench.context import SHORT_TOKENS, STREAM_TOKENS, chat_body, embed_body
+from bench.context import SHORT_TOKENS, STREAM_TOKENS, chat_body, embed_body, messages_body
 from bench.loadgen import LoadGen
 from bench.measure import saturate
 from bench.stack import ProxyStack
 
 _KINDS = {
     "chat": ("/v1/chat/completions", chat_body(stream=False, max_tokens=SHORT_TOKENS), False),
+    "messages": ("/v1/messages", messages_body(max_tokens=SHORT_TOKENS), False),
     "embeddings": ("/v1/embeddings", embed_body(), False),
     "stream": ("/v1/chat/completions", chat_body(stream=True), True),
 }
