@@ -15,7 +15,6 @@ The return value is turned into text as the UbiOps agent must for a plain output
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import json
 import os
 import resource
@@ -27,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.loadgen import LoadGen
+from proxy.testing.ubiops_process import load_deployment
 
 __all__ = ["DeploymentWorker"]
 
@@ -61,14 +61,7 @@ def _load(impl: str) -> Any:
         from bench.tutorial_baseline import Deployment
 
         return Deployment(str(REPO / "bench"), context)
-    sys.path[:0] = [str(PACKAGE_DIR), str(PACKAGE_DIR / "libraries")]
-    spec = importlib.util.spec_from_file_location("deployment", PACKAGE_DIR / "deployment.py")
-    if spec is None or spec.loader is None:
-        raise ImportError(f"cannot load {PACKAGE_DIR / 'deployment.py'}")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["deployment"] = module
-    spec.loader.exec_module(module)
-    return module.Deployment(str(PACKAGE_DIR), context)
+    return load_deployment(PACKAGE_DIR, context)
 
 
 def _cpu() -> float:

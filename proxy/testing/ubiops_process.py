@@ -38,6 +38,7 @@ __all__ = [
     "GENERIC_ERROR",
     "Process",
     "end",
+    "load_deployment",
     "main",
     "not_text_error",
     "plain_input",
@@ -163,7 +164,7 @@ def main(argv: Sequence[str]) -> int:
     fd, base_directory, context_text = argv
     conn = Connection(int(fd))
     try:
-        deployment = _load(Path(base_directory), json.loads(context_text))
+        deployment = load_deployment(Path(base_directory), json.loads(context_text))
     except BaseException as exc:  # what UbiOps reports as a failed initialisation
         traceback.print_exc()
         conn.send(("init_failed", f"{type(exc).__name__}: {exc}"))
@@ -217,7 +218,11 @@ def not_text_error(output: object) -> str:
     return f"The deployment returned {type(output).__name__} as its plain output, not a string."
 
 
-def _load(base_directory: Path, context: dict[str, Any]) -> Any:
+def load_deployment(base_directory: Path, context: dict[str, Any]) -> Any:
+    """The ``Deployment`` of ``base_directory/deployment.py``, imported and made as UbiOps does.
+
+    Its ``__init__`` gets the arguments it names (``base_directory``, ``context``) by keyword.
+    """
     sys.path[:0] = [str(base_directory), str(base_directory / "libraries")]
     spec = importlib.util.spec_from_file_location("deployment", base_directory / "deployment.py")
     if spec is None or spec.loader is None:
