@@ -248,7 +248,9 @@ def test_a_huge_whole_answer_is_relayed_in_bounded_memory(main_proxy: ProxyProce
     answer_size = len(json.dumps(document))
     assert answer_size > 10_000_000
     grew = max(peak) - before
-    assert grew < answer_size / 4, (
+    # Read whole, the answer would add at least its own size; relayed as it comes, the growth is
+    # the allocator's churn (about 4 MiB on a loaded machine), whatever the size.
+    assert grew < answer_size / 2, (
         f"the proxy grew {grew >> 20} MiB for a {answer_size >> 20} MiB answer"
     )
 
