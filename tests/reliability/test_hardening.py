@@ -52,6 +52,10 @@ pytestmark = pytest.mark.reliability
 
 STALL_TIMEOUT = 1.5
 """PROXY_CLIENT_TIMEOUT of the stall proxy: how long one write may wait (seconds)."""
+STALL_WITHIN = STALL_TIMEOUT * 3 + 10
+"""How soon a stalled client is cut off and another served: the buffers between the two fill
+first (megabytes of a stream the simulator makes slowly on a loaded machine); held forever is
+the failure."""
 STALL_SLOTS = 2
 """PROXY_MAX_CONCURRENCY of the stall proxy: as many stalled clients as there are slots."""
 LONG_STREAM = 60_000
@@ -133,8 +137,8 @@ def test_clients_that_stop_reading_are_cut_off_and_free_their_slots(
     status, answer = raw_request(stall_proxy, "/api/generate", short_generate(), timeout=30)
     waited = time.monotonic() - started
     assert status == 200, answer
-    assert waited < STALL_TIMEOUT * 3 + 5, f"served only after {waited:.1f} s"
-    assert all(_cut_off(sock, STALL_TIMEOUT * 3) for sock in stalled)
+    assert waited < STALL_WITHIN, f"served only after {waited:.1f} s"
+    assert all(_cut_off(sock, STALL_WITHIN) for sock in stalled)
     wait_until(lambda: _in_flight(stall_proxy) == 0, 10.0, "the slots to be free")
     TALLY.fault(f"clients that stop reading ({route})", f"others served after {waited:.1f}s")
 
