@@ -194,9 +194,25 @@ class _Link:
     session: aiohttp.ClientSession | None = None
 
     def close(self) -> None:
+        """Close the session, then the loop. Runs from any thread: a garbage collection inside
+        another event loop (an async program's) gets the closing done in a thread of its own."""
         if self.session is not None:
-            self.loop.run_until_complete(self.session.close())
+            closing = self.session.close()
+            if _loop_running_here():
+                worker = threading.Thread(target=self.loop.run_until_complete, args=(closing,))
+                worker.start()
+                worker.join()
+            else:
+                self.loop.run_until_complete(closing)
         self.loop.close()
+
+
+def _loop_running_here() -> bool:
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True
 
 
 def _describe(exc: BaseException) -> str:

@@ -8,8 +8,10 @@ what it says when the proxy cannot be reached.
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import json
+import sys
 import warnings
 
 import pytest
@@ -108,6 +110,36 @@ def test_a_client_never_closed_closes_its_connection_when_collected(
         del client  # as ubiops.utils.run_local leaves it: no stop()
         gc.collect()
     assert not [w for w in caught if issubclass(w.category, ResourceWarning)], caught
+
+
+def test_a_client_collected_inside_another_event_loop_still_closes_cleanly(
+    fake_proxy: FakeProxy,
+) -> None:
+    # Garbage collection may run the finaliser anywhere, such as inside an async program's loop.
+    async def answer(_request: web.Request) -> web.Response:
+        return web.json_response({"ok": True})
+
+    fake_proxy.routes["GET", "/readyz"] = readiness(Phase.READY, True)  # type: ignore[assignment]
+    fake_proxy.routes["POST", "/v1/chat/completions"] = answer
+    client = make_client(fake_proxy.port)
+    client.forward(CHAT)
+    unraisable: list[sys.UnraisableHookArgs] = []
+
+    async def collect_it() -> None:
+        nonlocal client
+        del client
+        gc.collect()
+
+    hook, sys.unraisablehook = sys.unraisablehook, unraisable.append
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            asyncio.run(collect_it())
+            gc.collect()
+    finally:
+        sys.unraisablehook = hook
+    assert not unraisable, [f"{u.exc_type.__name__}: {u.exc_value}" for u in unraisable]
+    assert not [w for w in caught if issubclass(w.category, ResourceWarning | RuntimeWarning)]
 
 
 def test_what_cannot_be_json_is_refused_before_sending(client: ProxyClient) -> None:
