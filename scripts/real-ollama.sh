@@ -174,7 +174,7 @@ build_ollama() {
     local staging="$cache/bin.tmp" started=$SECONDS
     rm -rf "$staging"
     mkdir -p "$staging"
-    log "building Ollama $OLLAMA_VERSION with go install (cgo, CPU only; about 10 min cold on 2 cores, seconds with Go's build cache); log: $cache/build.log"
+    log "building Ollama $OLLAMA_VERSION with go install (cgo, CPU only; 5 to 10 min cold on 2 cores, seconds with Go's build cache); log: $cache/build.log"
     if ! (
         cd "$cache" &&
             env GOBIN="$staging" CGO_ENABLED=1 GOFLAGS=-buildvcs=false \
