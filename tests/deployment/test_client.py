@@ -95,27 +95,12 @@ def test_text_is_sent_as_it_came_and_a_dict_is_dumped_once(
     assert json.loads(sent[1]) == {**CHAT, "stream": False}
 
 
+@pytest.mark.parametrize("in_a_loop", [False, True], ids=["plain", "inside another event loop"])
 def test_a_client_never_closed_closes_its_connection_when_collected(
-    fake_proxy: FakeProxy,
+    fake_proxy: FakeProxy, in_a_loop: bool
 ) -> None:
-    async def answer(_request: web.Request) -> web.Response:
-        return web.json_response({"ok": True})
-
-    fake_proxy.routes["GET", "/readyz"] = readiness(Phase.READY, True)  # type: ignore[assignment]
-    fake_proxy.routes["POST", "/v1/chat/completions"] = answer
-    client = make_client(fake_proxy.port)
-    client.forward(CHAT)
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        del client  # as ubiops.utils.run_local leaves it: no stop()
-        gc.collect()
-    assert not [w for w in caught if issubclass(w.category, ResourceWarning)], caught
-
-
-def test_a_client_collected_inside_another_event_loop_still_closes_cleanly(
-    fake_proxy: FakeProxy,
-) -> None:
-    # Garbage collection may run the finaliser anywhere, such as inside an async program's loop.
+    # As ubiops.utils.run_local leaves it (no stop()); the garbage collector may run the
+    # finaliser anywhere, an async program's event loop included.
     async def answer(_request: web.Request) -> web.Response:
         return web.json_response({"ok": True})
 
@@ -125,16 +110,22 @@ def test_a_client_collected_inside_another_event_loop_still_closes_cleanly(
     client.forward(CHAT)
     unraisable: list[sys.UnraisableHookArgs] = []
 
-    async def collect_it() -> None:
+    def collect() -> None:
         nonlocal client
         del client
         gc.collect()
+
+    async def collect_in_a_loop() -> None:
+        collect()
 
     hook, sys.unraisablehook = sys.unraisablehook, unraisable.append
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            asyncio.run(collect_it())
+            if in_a_loop:
+                asyncio.run(collect_in_a_loop())
+            else:
+                collect()
             gc.collect()
     finally:
         sys.unraisablehook = hook
