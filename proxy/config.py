@@ -74,9 +74,16 @@ class Settings:
     ready_timeout: float = 1800.0
 
     @property
+    def ollama_address(self) -> str:
+        """``host:port`` of the supervised ``ollama serve`` (``[v6]:port`` for IPv6)."""
+        host = self.ollama_internal_host
+        host = f"[{host}]" if ":" in host else host
+        return f"{host}:{self.ollama_internal_port}"
+
+    @property
     def ollama_url(self) -> str:
         """Base URL of the supervised ``ollama serve``."""
-        return f"http://{_url_host(self.ollama_internal_host)}:{self.ollama_internal_port}"
+        return f"http://{self.ollama_address}"
 
     @property
     def bind_host(self) -> str:
@@ -312,7 +319,3 @@ def _is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
-
-
-def _url_host(host: str) -> str:
-    return f"[{host}]" if ":" in host else host

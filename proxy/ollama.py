@@ -111,7 +111,7 @@ class OllamaStartTimeoutError(OllamaStartError):
         )
 
 
-async def ensure_port_free(host: str, port: int) -> None:
+async def ensure_port_free(settings: Settings) -> None:
     """Make sure nothing answers on Ollama's internal address before a child is started there.
 
     Otherwise the readiness poll would take another server's answers (a second proxy's Ollama, a
@@ -121,20 +121,19 @@ async def ensure_port_free(host: str, port: int) -> None:
         OllamaStartError: something accepts connections there.
     """
     try:
-        _, writer = await asyncio.wait_for(asyncio.open_connection(host, port), _PORT_CHECK)
+        connecting = asyncio.open_connection(
+            settings.ollama_internal_host, settings.ollama_internal_port
+        )
+        _, writer = await asyncio.wait_for(connecting, _PORT_CHECK)
     except (OSError, TimeoutError):
         return
     writer.close()
     with contextlib.suppress(OSError):
         await writer.wait_closed()
     raise OllamaStartError(
-        f"{_join(host, port)} (OLLAMA_INTERNAL_HOST) is already in use, by another proxy's "
+        f"{settings.ollama_address} (OLLAMA_INTERNAL_HOST) is already in use, by another proxy's "
         "Ollama or an `ollama serve`; stop it or set OLLAMA_INTERNAL_HOST to a free port"
     )
-
-
-def _join(host: str, port: int) -> str:
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def resolve_executable(name: str) -> str:
@@ -166,9 +165,7 @@ def build_child_env(settings: Settings, environ: Mapping[str, str] | None = None
     env = dict(os.environ if environ is None else environ)
     for name in WITHHELD_VARIABLES:
         env.pop(name, None)
-    host = settings.ollama_internal_host
-    host = f"[{host}]" if ":" in host else host
-    env["OLLAMA_HOST"] = f"{host}:{settings.ollama_internal_port}"
+    env["OLLAMA_HOST"] = settings.ollama_address
     if not env.get("OLLAMA_KEEP_ALIVE", "").strip():
         env["OLLAMA_KEEP_ALIVE"] = "-1"
     return env

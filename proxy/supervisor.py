@@ -268,8 +268,7 @@ class Supervisor:
             OllamaStartError: it could not be run, exited, or never answered (it is stopped).
         """
         assert self._session is not None
-        settings = self._settings
-        await ensure_port_free(settings.ollama_internal_host, settings.ollama_internal_port)
+        await ensure_port_free(self._settings)
         try:
             executable = self._executable or resolve_executable(self._settings.ollama_bin)
             child = self._child = ollama_child(self._settings, executable)
