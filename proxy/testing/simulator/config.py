@@ -69,7 +69,7 @@ import enum
 import math
 import re
 from collections.abc import Callable, Mapping
-from dataclasses import MISSING, dataclass, field, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -398,7 +398,7 @@ class Faults:
 
 
 def _shown(default: object) -> str:
-    if default is None or default is MISSING:
+    if default is None:
         return "unset"
     return f"{default:g}" if isinstance(default, float) else str(default)
 

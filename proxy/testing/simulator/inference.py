@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
-from .config import parse_keep_alive
+from .config import EXTRA_MODELS, parse_keep_alive
 from .models import (
     ModelKind,
     ModelName,
@@ -63,7 +63,7 @@ def _resolve(model: str) -> tuple[str, int | None]:
     name = ModelName.parse(model)
     if name is None:
         raise ValueError(f"invalid model name: {model!r}")
-    spec = _registry(os.environ.get("SIM_EXTRA_MODELS", "")).lookup(name)
+    spec = _registry(os.environ.get(EXTRA_MODELS.name, "")).lookup(name)
     if spec is None:
         return name.display, None
     return spec.canonical, spec.embedding_length

@@ -27,7 +27,7 @@ from typing import Any
 
 from aiohttp import web
 
-from .config import Faults, PullFailureMode, ServerConfig
+from .config import EXTRA_MODELS, Faults, PullFailureMode, ServerConfig
 from .models import ModelName, ModelSpec, Registry
 from .wire import log
 
@@ -341,7 +341,7 @@ class Simulator:
         return cls(
             config=config,
             faults=faults,
-            registry=Registry(environ.get("SIM_EXTRA_MODELS", "")),
+            registry=Registry(environ.get(EXTRA_MODELS.name, "")),
             store=ModelStore(config.models_dir),
             scheduler=Scheduler(config.keep_alive, faults.load_delay),
             counters=Counters(faults),
