@@ -10,12 +10,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 scripts/bootstrap.sh
-# The uv bootstrap installed for itself, if it had to: last on PATH, for the scripts that need uv.
-if ! command -v uv >/dev/null && [[ -x .bootstrap/venv/bin/uv ]]; then
-    PATH="$PATH:$PWD/.bootstrap/venv/bin"
-fi
-# For the scripts that want the machine's python3 (real-ollama.sh: its pip; image-check.sh: its
-# `-m uv`), not .venv's, which has neither.
+# For the scripts that want the machine's python3, not .venv's: real-ollama.sh needs its pip, and
+# both find uv through scripts/bootstrap.sh, which should find it as it just did.
 machine_path="$PATH"
 export PATH="$PWD/.venv/bin:$PATH"
 
