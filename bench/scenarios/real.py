@@ -21,6 +21,7 @@ during each round is reported beside the figures, and noted when it is not negli
 
 from __future__ import annotations
 
+import operator
 import time
 from pathlib import Path
 
@@ -47,10 +48,6 @@ _SHORT_TOKENS = 8
 _KEEP_UP = 0.98
 _NEIGHBOURS_NEGLIGIBLE = 0.1
 """Cores of other model runners below which a round counts as undisturbed."""
-
-
-def _minus(a: float, b: float) -> float:
-    return a - b
 
 
 def _greedy(body: dict[str, object]) -> dict[str, object]:
@@ -106,9 +103,9 @@ def run(bench: Bench) -> ScenarioResult:
                 bench.loadgen, order, "/v1/chat/completions", stream_body, p.real_streams, 1
             )
             d, x = streams["direct"], streams["proxy"]
-            ttft.append(paired(x.ttfc_ms, d.ttfc_ms, _minus))
+            ttft.append(paired(x.ttfc_ms, d.ttfc_ms, operator.sub))
             tps.append(paired(x.decode_per_s, d.decode_per_s, ratio))
-            total.append(paired(x.total_ms, d.total_ms, _minus))
+            total.append(paired(x.total_ms, d.total_ms, operator.sub))
             base_ttft.append(percentile(d.ttfc_ms, 50))
             base_tps.append(percentile(d.decode_per_s, 50))
             tokens.append(percentile(d.chunks, 50))
