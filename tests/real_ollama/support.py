@@ -32,6 +32,8 @@ REPO = Path(__file__).resolve().parents[2]
 CHAT_MODEL = "smollm2:135m"
 EMBEDDING_MODEL = "all-minilm:l6-v2"
 """The tutorial's models, as ``scripts/real-ollama.sh`` creates them."""
+PROMPT = "Why is the sky blue? Answer in one sentence."
+"""The tutorial's question: short real answers from SmolLM2."""
 
 API_KEY = "real-ollama-suite-key-0123456789"
 """The proxy's bearer key in these tests (16+ characters, as the proxy requires)."""

@@ -24,6 +24,7 @@ from tests.real_ollama.support import (
     API_KEY,
     CHAT_MODEL,
     EMBEDDING_MODEL,
+    PROMPT,
     RealOllama,
     assert_real_text,
     kill_runner,
@@ -47,7 +48,6 @@ LONG = 400
 """Tokens asked for by the streams whose runner is killed: still generating when it dies."""
 CUT_AFTER = 3
 """Text deltas that arrive before the runner is killed."""
-PROMPT = "Why is the sky blue? Answer in one sentence."
 STORY = "Write a long story about a dragon who learns to sing."
 MESSAGES: list[MessageParam] = [{"role": "user", "content": PROMPT}]
 CUT_SHORT = r"before its final event"

@@ -25,6 +25,7 @@ from tests.real_ollama.support import (
     CHAT_MODEL,
     EMBEDDING_MODEL,
     EXIT_TIMEOUT,
+    PROMPT,
     READY_TIMEOUT,
     RealOllama,
     real_env,
@@ -42,7 +43,7 @@ REQUEST_TIMEOUT = 120.0
 """One request, a real generation included."""
 CHAT = {
     "model": f"ubiops-deployment/{DEPLOYMENT}/v1/{CHAT_MODEL}",
-    "messages": [{"role": "user", "content": "Why is the sky blue? Answer in one sentence."}],
+    "messages": [{"role": "user", "content": PROMPT}],
     "max_tokens": 24,
     "stream": True,
 }

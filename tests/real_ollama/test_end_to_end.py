@@ -22,6 +22,7 @@ from tests.real_ollama.support import (
     API_KEY,
     CHAT_MODEL,
     EMBEDDING_MODEL,
+    PROMPT,
     RealOllama,
     assert_real_text,
     proxy,
@@ -41,7 +42,6 @@ CLIENT_TIMEOUT = 60.0
 MAX_TOKENS = 24
 """Enough for real text, short enough to keep each generation to a second or two."""
 
-PROMPT = "Why is the sky blue? Answer in one sentence."
 CAT = "The cat sits on the mat"
 KITTEN = "A kitten is sitting on a rug"
 TAXES = "Quarterly tax filings are due in April"

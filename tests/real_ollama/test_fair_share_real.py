@@ -34,6 +34,7 @@ from proxy.testing.services import ProxyProcess
 from tests.real_ollama.support import (
     CHAT_MODEL,
     EMBEDDING_MODEL,
+    PROMPT,
     RealOllama,
     Samples,
     assert_real_text,
@@ -77,7 +78,6 @@ LOG_TIMEOUT = 5.0
 DIMENSIONS = 384
 SHORT = 64
 
-PROMPT = "Why is the sky blue? Answer in one sentence."
 STORY = "Write a long story about a dragon who learns to sing."
 MESSAGES = [{"role": "user", "content": PROMPT}]
 CAT = "The cat sits on the mat"
