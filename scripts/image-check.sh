@@ -355,7 +355,9 @@ if [[ "$kind" == real ]]; then
     bake+=(--build-arg "BAKE_MODELS_URL=http://127.0.0.1:$port/models.tar"
         --build-arg "BAKE_MODELS_SHA256=$models_sha")
 fi
-build baked "${bake[@]}" --tag "$BAKED" .
+# Always --no-cache: podman's cache matches layers by content, so even the first build's fresh
+# layers lead straight to an earlier run's bake step, which would be reused without running.
+build baked --no-cache "${bake[@]}" --tag "$BAKED" .
 grep -q '"model present"' "$work/baked.log" ||
     grep -q '"model pulled"' "$work/baked.log" || die "the bake step logged no model"
 if [[ "$kind" == real ]]; then
