@@ -4,9 +4,9 @@ Call :func:`configure_logging` once at start. Events bound with ``structlog.cont
 request id, the model) are merged into every line. Libraries that log through the standard
 library (aiohttp's errors, with their tracebacks) are rendered by the same processors, so a
 malformed request is one JSON event, not a multi-line traceback. The :class:`SecretRedactor`
-processor replaces any registered secret, wherever and however it appears in an event (as is,
-JSON- or repr-escaped, URL-encoded), with ``[redacted]``, so a key that leaks into an exception
-message or a forwarded header never reaches the log.
+processor replaces any registered secret, wherever and however it appears in the rendered line
+(as is, JSON- or repr-escaped, URL-encoded), with ``[redacted]``, so a key that leaks into an
+exception message or a forwarded header never reaches the log.
 """
 
 from __future__ import annotations
@@ -28,41 +28,36 @@ REDACTED = "[redacted]"
 
 
 class SecretRedactor:
-    """A structlog processor that masks known secret values in every string of an event."""
+    """A structlog processor, run after the renderer, that masks known secret values in the
+    rendered line.
+
+    A secret may reach a log line as is, or as a library wrote it into a message (JSON- or
+    repr-escaped, URL-encoded), and the renderer then escapes that text once more. Every such
+    form is computed once here, so masking a line is one substring search per form.
+    """
 
     def __init__(self, secrets: Iterable[str | None] = ()) -> None:
         forms: dict[str, None] = {}
         for secret in filter(None, secrets):
-            for form in (secret, json.dumps(secret)[1:-1], repr(secret)[1:-1]):
-                forms[form] = None
-            for form in (quote(secret, safe=""), quote_plus(secret)):
-                forms[form] = forms[form.lower()] = None  # %5C and %5c alike
+            url_forms = (quote(secret, safe=""), quote_plus(secret))
+            written = {secret, _json_escaped(secret), repr(secret)[1:-1], *url_forms}
+            written.update(form.lower() for form in url_forms)  # %5C and %5c alike
+            for form in written:
+                forms.update(dict.fromkeys((form, _json_escaped(form), repr(form)[1:-1])))
         # Longest first, so a form that contains another is masked whole.
         self._forms = tuple(sorted(forms, key=len, reverse=True))
 
-    def __call__(
-        self, _logger: Any, _method: str, event: MutableMapping[str, Any]
-    ) -> MutableMapping[str, Any]:
-        if self._forms:
-            for key, value in event.items():
-                event[key] = self._redact(value)
-        return event
-
-    def redact_text(self, text: str) -> str:
-        """``text`` with every form of every secret replaced by ``[redacted]``."""
+    def __call__(self, _logger: Any, _method: str, line: MutableMapping[str, Any] | str) -> str:
+        if not isinstance(line, str):
+            raise TypeError("SecretRedactor masks a rendered line: put it after the renderer")
         for form in self._forms:
-            if form in text:
-                text = text.replace(form, REDACTED)
-        return text
+            if form in line:
+                line = line.replace(form, REDACTED)
+        return line
 
-    def _redact(self, value: Any) -> Any:
-        if isinstance(value, str):
-            return self.redact_text(value)
-        if isinstance(value, dict):
-            return {k: self._redact(v) for k, v in value.items()}
-        if isinstance(value, list | tuple):
-            return type(value)(self._redact(v) for v in value)
-        return value
+
+def _json_escaped(text: str) -> str:
+    return json.dumps(text)[1:-1]
 
 
 def configure_logging(
@@ -88,8 +83,8 @@ def configure_logging(
         stamp.append(_StaticFields(static_fields))
     finish: list[structlog.typing.Processor] = [
         structlog.processors.format_exc_info,
-        SecretRedactor(secrets),
         renderer,
+        SecretRedactor(secrets),
     ]
     structlog.configure(
         processors=[

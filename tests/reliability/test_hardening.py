@@ -24,7 +24,7 @@ import pytest
 
 from proxy.app import create_app
 from proxy.catalog import Catalog
-from proxy.config import Settings
+from proxy.config import LogFormat, Settings
 from proxy.logs import configure_logging, get_logger
 from proxy.state import InstanceState, ModelStatus, OllamaStatus
 from proxy.testing.harness import free_port, http_json, serve_app
@@ -461,9 +461,13 @@ def test_a_key_with_escaped_characters_is_masked_in_every_form(tmp_path: Path) -
     assert not leaked, leaked
 
 
-def test_every_escaped_form_of_a_key_is_masked(capsys: pytest.CaptureFixture[str]) -> None:
-    """What a library may log about a request: the key repr-, JSON- or URL-escaped."""
-    configure_logging("json", "info", secrets=[ODD_KEY])
+@pytest.mark.parametrize("log_format", ["json", "console"])
+def test_every_escaped_form_of_a_key_is_masked(
+    log_format: LogFormat, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """What a library may log about a request: the key repr-, JSON- or URL-escaped, then
+    escaped again by the renderer, in either log format."""
+    configure_logging(log_format, "info", secrets=[ODD_KEY])
     forms = [
         ODD_KEY,
         json.dumps(ODD_KEY)[1:-1],
