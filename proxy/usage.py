@@ -50,12 +50,8 @@ def usage_in(tail: bytes) -> Usage | None:
     found: dict[bytes, int] = {name: int(value) for name, value in _COUNT.findall(tail)}
     if not found:
         return None
-    prompt = found.get(
-        b"prompt_eval_count", found.get(b"prompt_tokens", found.get(b"input_tokens"))
-    )
-    completion = found.get(
-        b"eval_count", found.get(b"completion_tokens", found.get(b"output_tokens"))
-    )
+    prompt = _first(found, b"prompt_eval_count", b"prompt_tokens", b"input_tokens")
+    completion = _first(found, b"eval_count", b"completion_tokens", b"output_tokens")
     seconds = {name: value * _NANOSECONDS for name, value in found.items() if b"duration" in name}
     return Usage(
         prompt_tokens=prompt,
