@@ -96,7 +96,7 @@ def run(bench: Bench) -> ScenarioResult:
         embed99: list[float] = []
         differ = 0
         neighbours: list[float] = []
-        for i in range(p.rounds):
+        for i in range(p.real_rounds):
             before, t0 = _runner_cpu(stack.proxy_pid), time.monotonic()
             order = rotate([direct, proxy], i)
             streams, _ = stream_latency_round(
@@ -135,15 +135,15 @@ def run(bench: Bench) -> ScenarioResult:
     result.add("other model runners on this machine, during the round", "cores", neighbours)
     result.notes.append(
         f"Ollama {result.extra['ollama']} ({real.bin}) with {REAL_CHAT_MODEL} and "
-        f"{REAL_EMBED_MODEL}; {p.rounds} rounds x {p.real_streams} greedy streams of up to "
+        f"{REAL_EMBED_MODEL}; {p.real_rounds} rounds x {p.real_streams} greedy streams of up to "
         f"{p.real_stream_tokens} tokens, {p.real_chats} whole chats and {p.real_embeddings} "
         "embeddings per side, alternated per request at concurrency 1"
     )
     disturbed = sum(busy >= _NEIGHBOURS_NEGLIGIBLE for busy in neighbours)
     if disturbed:
         result.notes.append(
-            f"in {disturbed} of {p.rounds} rounds other model runners on this machine used up to "
-            f"{max(neighbours):.2f} cores of its {psutil.cpu_count()}: those rounds measure "
+            f"in {disturbed} of {p.real_rounds} rounds other model runners on this machine used "
+            f"up to {max(neighbours):.2f} cores of its {psutil.cpu_count()}: those rounds measure "
             "contention with them more than the proxy; re-run with --only real when they are idle"
         )
     if differ:
