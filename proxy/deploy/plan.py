@@ -195,11 +195,6 @@ class Plan:
     def environment(self) -> str:
         return self.options.environment
 
-    @property
-    def binds_publicly(self) -> bool:
-        """Whether the proxy must listen on 0.0.0.0 (a forwarded port or a Service reaches it)."""
-        return bool(self.ports) or self.service is not None
-
     def describe(self) -> list[str]:
         """The plan as text, for ``--dry-run``; shows no secret."""
         o = self.options
