@@ -1,6 +1,6 @@
 """What every scenario gets: the run's sizes (full or smoke), the load generator, a work
-directory for logs and model stores, a shared zero-delay proxy stack and nginx in front of that
-stack's backend (the floor anchor)."""
+directory for logs and model stores, a shared zero-delay proxy stack, and nginx and a bare
+aiohttp hop in front of that stack's backend (the floor anchors)."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from bench.loadgen import LoadGen
 from bench.stack import (
     CHAT_MODEL,
     EMBED_MODEL,
+    BareHopStack,
     NginxStack,
     ProxyStack,
     StackError,
@@ -172,6 +173,7 @@ class Bench:
     _zero: ProxyStack | None = field(default=None, repr=False)
     _nginx: NginxStack | None = field(default=None, repr=False)
     _nginx_missing: str | None = field(default=None, repr=False)
+    _bare_hop: BareHopStack | None = field(default=None, repr=False)
 
     @property
     def smoke(self) -> bool:
@@ -221,7 +223,18 @@ class Bench:
         """Why :meth:`nginx` gave None (None when it runs or was not asked for)."""
         return self._nginx_missing
 
+    def bare_hop(self) -> BareHopStack:
+        """The bare aiohttp hop in front of the shared stack's backend (started once)."""
+        if self._bare_hop is None:
+            stack = BareHopStack(self.workdir, self.zero_stack().direct_url)
+            stack.start()
+            self._bare_hop = stack
+        return self._bare_hop
+
     def close(self) -> None:
+        if self._bare_hop is not None:
+            self._bare_hop.stop()
+            self._bare_hop = None
         if self._nginx is not None:
             self._nginx.stop()
             self._nginx = None

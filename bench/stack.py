@@ -29,6 +29,7 @@ __all__ = [
     "CHAT_MODEL",
     "EMBED_MODEL",
     "REPO",
+    "BareHopStack",
     "LiteLLMStack",
     "NginxStack",
     "ProxyStack",
@@ -383,6 +384,25 @@ class NginxStack(ServiceProcess):
         return [root.pid, *(c.pid for c in root.children(recursive=True))]
 
     def target(self, name: str = "nginx") -> Target:
+        return Target(name, self.url, {})
+
+
+class BareHopStack(ServiceProcess):
+    """:mod:`bench.bare_hop` in front of an Ollama-compatible backend: the floor a reverse
+    proxy built on aiohttp pays (the proxy's libraries and event loop, none of its features)."""
+
+    def __init__(self, workdir: Path, backend_url: str) -> None:
+        port = free_port()
+        super().__init__(
+            [sys.executable, "-m", "bench.bare_hop", str(port), backend_url],
+            env=dict(os.environ),
+            url=f"http://127.0.0.1:{port}",
+            log_path=workdir / f"bare-hop-{port}.log",
+            ready_path="/",  # answered by the backend, through the hop
+            cwd=REPO,
+        )
+
+    def target(self, name: str = "aiohttp") -> Target:
         return Target(name, self.url, {})
 
 

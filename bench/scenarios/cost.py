@@ -1,14 +1,18 @@
 """Scenario 2: the pure cost of the proxy at saturation, against a zero-delay backend, with
-nginx as the floor anchor.
+two floor anchors: nginx, and a bare aiohttp hop.
 
 Method: closed-loop load (``saturate_concurrency`` workers) on the simulator directly, then on
-the proxy in front of the same simulator process, then on nginx in front of it (a plain
-streaming reverse proxy, one worker; see :class:`bench.stack.NginxStack`), the order rotated per
-round. Inside each measurement window psutil reads the CPU time of the proxy process (its own,
-not its child's), of nginx (master and worker) and of the simulator. Figures:
+the proxy in front of the same simulator process, on nginx in front of it (a plain streaming
+reverse proxy, one worker; see :class:`bench.stack.NginxStack`) and on a bare aiohttp hop in
+front of it (the proxy's libraries and event loop, none of its features; see
+:mod:`bench.bare_hop`), the order rotated per round. Inside each measurement window psutil
+reads the CPU time of the proxy process (its own, not its child's), of nginx (master and
+worker), of the hop and of the simulator. Figures:
 
-* proxy CPU seconds per 1,000 non-streamed chat requests (and per 1,000 embeddings), nginx's
-  beside it, and their ratio;
+* proxy CPU seconds per 1,000 non-streamed chat requests (and per 1,000 embeddings), each
+  floor's beside it, and the ratios: proxy / nginx is what the proxy costs over any hop,
+  proxy / bare hop what its own features (auth, parsing, policy, fair share, access log,
+  metrics, usage) cost over a Python hop;
 * proxy CPU seconds per 10,000 relayed SSE chunks (200-token streams; the per-request part of
   the cost is spread over the stream's 201 chunks), nginx's beside it;
 * requests/s and chunks/s through the proxy (and through nginx) as a fraction of direct. On 2
@@ -28,6 +32,8 @@ from bench.stats import ratio
 
 NAME = "cost"
 _LOADGEN_BUSY = 70.0
+_FLOORS = (("nginx", "nginx"), ("aiohttp", "bare aiohttp hop"))
+"""The floor anchors: target name, and how the figures name it."""
 TITLE = "Pure cost at saturation (zero-delay backend; nginx as the floor)"
 
 _KINDS = (
@@ -49,6 +55,9 @@ def run(bench: Bench) -> ScenarioResult:
         result.extra["nginx"] = nginx.version
     else:
         result.notes.append(f"nginx floor not measured: {bench.nginx_missing}")
+    hop = bench.bare_hop()
+    targets["aiohttp"] = hop.target()
+    watch["aiohttp"] = [hop.pid]
     gateways = [name for name in targets if name != "direct"]
     p = bench.profile
     for kind, path, body, stream in _KINDS:
@@ -87,16 +96,17 @@ def run(bench: Bench) -> ScenarioResult:
         per_text = "10k chunks" if stream else "1k requests"
         rate_unit = "chunks/s" if stream else "req/s"
         result.add(f"{kind}: proxy CPU per {per_text}", "s", cpu["proxy"])
-        if "nginx" in cpu:
-            result.add(f"{kind}: nginx CPU per {per_text} (floor)", "s", cpu["nginx"])
+        floors = [(name, label) for name, label in _FLOORS if name in cpu]
+        for name, label in floors:
+            result.add(f"{kind}: {label} CPU per {per_text} (floor)", "s", cpu[name])
             result.add(
-                f"{kind}: CPU per {per_text}, proxy / nginx",
+                f"{kind}: CPU per {per_text}, proxy / {label}",
                 "x",
-                [ratio(a, b) for a, b in zip(cpu["proxy"], cpu["nginx"], strict=True)],
+                [ratio(a, b) for a, b in zip(cpu["proxy"], cpu[name], strict=True)],
             )
         result.add(f"{kind}: {rate_unit} via proxy / direct", "x", fraction["proxy"])
-        if "nginx" in fraction:
-            result.add(f"{kind}: {rate_unit} via nginx / direct", "x", fraction["nginx"])
+        for name, label in floors:
+            result.add(f"{kind}: {rate_unit} via {label} / direct", "x", fraction[name])
         result.add(f"{kind}: direct {rate_unit} (context)", rate_unit, rate_direct)
         result.add(
             f"{kind}: backend CPU per {per_text}, proxied / direct",
@@ -124,6 +134,8 @@ def run(bench: Bench) -> ScenarioResult:
     result.notes.append(
         f"{p.saturate_concurrency} closed-loop workers, {p.saturate_duration_s:g} s windows after "
         f"{p.saturate_warmup_s:g} s warm-up; stream = 200 tokens (201 SSE chunks) per request; "
-        "nginx: one worker, proxy_buffering off, keep-alive upstream pool, access log on, no auth"
+        "nginx: one worker, proxy_buffering off, keep-alive upstream pool, access log on, no auth; "
+        "bare aiohttp hop: aiohttp on uvloop, keep-alive pool, pieces relayed as they arrive, "
+        "no auth, no log"
     )
     return result

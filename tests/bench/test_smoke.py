@@ -61,7 +61,8 @@ def test_smoke_run_reports_every_scenario(tmp_path: Path) -> None:
     assert report["ubiops"]["figures"]["chunks/s, ours / tutorial"]["median"] > 0
 
 
-def test_smoke_run_measures_the_nginx_floor(tmp_path: Path) -> None:
+def test_smoke_run_measures_the_floors(tmp_path: Path) -> None:
+    """nginx (any hop) and the bare aiohttp hop (a Python hop without the proxy's features)."""
     out = tmp_path / "smoke.json"
     result = subprocess.run(
         [sys.executable, "-m", "bench", "--smoke", "--only", "latency,cost", "--out", str(out)],
@@ -73,6 +74,10 @@ def test_smoke_run_measures_the_nginx_floor(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr[-2000:]
     report = json.loads(out.read_text())
     latency, cost = report["latency"], report["cost"]
+    for kind, per in (("chat", "1k requests"), ("embeddings", "1k requests")):
+        hop = cost["figures"][f"{kind}: bare aiohttp hop CPU per {per} (floor)"]["median"]
+        proxy = cost["figures"][f"{kind}: proxy CPU per {per}"]["median"]
+        assert 0 < hop < proxy, (kind, hop, proxy)  # the proxy does all the hop does, and more
     if not _nginx_installed():
         assert any("nginx floor not measured" in note for note in latency["notes"])
         pytest.skip("nginx is not installed (apt-get install nginx): only the note is checked")
