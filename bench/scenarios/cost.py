@@ -34,7 +34,7 @@ NAME = "cost"
 _LOADGEN_BUSY = 70.0
 _FLOORS = (("nginx", "nginx"), ("aiohttp", "bare aiohttp hop"))
 """The floor anchors: target name, and how the figures name it."""
-TITLE = "Pure cost at saturation (zero-delay backend; nginx as the floor)"
+TITLE = "Pure cost at saturation (zero-delay backend; nginx and a bare aiohttp hop as floors)"
 
 _KINDS = (
     ("chat", "/v1/chat/completions", chat_body(stream=False, max_tokens=SHORT_TOKENS), False),
