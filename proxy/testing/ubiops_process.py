@@ -1,8 +1,10 @@
 """One request process of the emulated UbiOps instance (:mod:`proxy.testing.ubiops_instance`):
 the instance's handle on it (:func:`spawn`, :class:`Process`, :func:`end`) and what runs in it.
 
-:func:`spawn` runs ``python -m proxy.testing.ubiops_process FD BASE_DIRECTORY CONTEXT`` in a
-working directory of its own and with exactly the environment it is given. In there, :func:`main`
+:func:`spawn` runs ``python -m proxy.testing.ubiops_process FD BASE_DIRECTORY`` in a working
+directory of its own and with exactly the environment it is given, and sends the deployment's
+context as the first message on the connection ``FD`` (a command line is visible to every user
+through ``ps``, and the context's environment variables may hold keys). In there, :func:`main`
 loads ``BASE_DIRECTORY/deployment.py`` as UbiOps' agent does (``base_directory`` and
 ``libraries/`` on ``sys.path``), builds the ``Deployment`` with the arguments its ``__init__``
 takes, then serves the requests that arrive on the connection ``FD`` one at a time, passing
@@ -11,8 +13,9 @@ does not return a ``str`` (the output is plain), and shows an exception as its
 ``public_error_message`` or as a generic message (the traceback goes to the process's stderr).
 
 Messages to the instance: ``("started", t)`` or ``("init_failed", reason)``, then per request
-``("update", t, text)``… and ``("done", output, error)``. From it: ``("request", text, context)``
-and ``("stop",)``, after which the deployment's ``stop()`` is called and the process exits.
+``("update", t, text)``… and ``("done", output, error)``. From it: ``("context", context)`` first,
+then ``("request", text, context)`` and ``("stop",)``, after which the deployment's ``stop()``
+is called and the process exits.
 """
 
 from __future__ import annotations
@@ -119,14 +122,7 @@ def spawn(
     parent, child = socket.socketpair()
     try:
         popen = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                __name__,
-                str(child.fileno()),
-                str(base_directory),
-                json.dumps(context),
-            ],
+            [sys.executable, "-m", __name__, str(child.fileno()), str(base_directory)],
             cwd=workdir,
             env=env,
             pass_fds=(child.fileno(),),
@@ -134,6 +130,7 @@ def spawn(
     finally:
         child.close()
     process = Process(process_id, popen, Connection(parent.detach()))
+    process.conn.send(("context", context))  # not in argv: its environment may hold keys
     threading.Thread(
         target=process.read, args=(on_started,), name=f"ubiops-process-{process_id}", daemon=True
     ).start()
@@ -161,10 +158,11 @@ def end(process: Process, grace: float = 5.0) -> None:
 
 def main(argv: Sequence[str]) -> int:
     """Serve as one request process; return the exit status."""
-    fd, base_directory, context_text = argv
+    fd, base_directory = argv
     conn = Connection(int(fd))
     try:
-        deployment = load_deployment(Path(base_directory), json.loads(context_text))
+        _, context = conn.recv()
+        deployment = load_deployment(Path(base_directory), context)
     except BaseException as exc:  # what UbiOps reports as a failed initialisation
         traceback.print_exc()
         conn.send(("init_failed", f"{type(exc).__name__}: {exc}"))

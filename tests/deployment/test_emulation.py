@@ -11,6 +11,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import psutil
 import pytest
 
 from proxy.testing.ubiops_instance import GENERIC_ERROR, UbiOpsInstance, timeout_error
@@ -114,6 +115,19 @@ def test_a_process_sees_text_a_fresh_package_and_only_the_versions_variables(
         assert all(not cwd.startswith(str(base)) for cwd in cwds)
         assert all(cwd != str(Path.cwd()) for cwd in cwds)
     assert base.exists() is False, "removed when the instance stops"
+
+
+def test_the_context_reaches_a_process_but_never_its_command_line(probe_package: Path) -> None:
+    """The context carries the version's variables, keys included: ``ps`` shows command lines."""
+    secret = "sk-probe-0123456789abcdef"
+    with UbiOpsInstance(probe_package, processes=2, env={"PROXY_API_KEY": secret}) as instance:
+        instance.wait_started(STARTED_TIMEOUT)
+        seen = _all_seen(instance)
+        assert set(seen) == {0, 1}, "each process read its process_id from the context"
+        for probe in seen.values():
+            command_line = " ".join(psutil.Process(int(str(probe["pid"]))).cmdline())
+            assert "proxy.testing.ubiops_process" in command_line
+            assert secret not in command_line
 
 
 def test_the_output_must_be_text_and_errors_are_shown_as_ubiops_does(
