@@ -386,6 +386,7 @@ build run-local --build-arg "IMAGE=$BAKED" --tag "$RUN_LOCAL_IMAGE" -f "$work/ru
 phase_done "build (test layer)"
 
 # --- the container -----------------------------------------------------------------------------
+# Given to the containers through the environment (-e NAME): never on a command line.
 api_key="image-check-$(od -An -N12 -tx1 /dev/urandom | tr -d ' \n')"
 http_port="$(free_port)"
 model_env=(-e "OLLAMA_CHAT_MODELS=$CHAT_MODEL" -e "OLLAMA_EMBEDDING_MODELS=$EMBEDDING_MODEL")
@@ -410,8 +411,8 @@ wait_healthy() { # container
 }
 
 phase "container of $BAKED: user, health, API, models, stop"
-pm run -d --name "$name-serve" -p "127.0.0.1:$http_port:11434" -e "PROXY_API_KEY=$api_key" \
-    "${model_env[@]}" "$BAKED" python3 -m proxy serve >/dev/null
+PROXY_API_KEY="$api_key" pm run -d --name "$name-serve" -p "127.0.0.1:$http_port:11434" \
+    -e PROXY_API_KEY "${model_env[@]}" "$BAKED" python3 -m proxy serve >/dev/null
 user="$(podman exec "$name-serve" id -un)"
 uid="$(podman exec "$name-serve" id -u)"
 [[ "$user" == deployment && "$uid" != 0 ]] || die "the container runs as $user (uid $uid)"
@@ -588,8 +589,8 @@ else
     expect="model pulled"
     what="pulled at start (from the simulator's registry)"
 fi
-pm run -d --name "$name-pull" "${volume[@]}" -e "PROXY_API_KEY=$api_key" "${model_env[@]}" \
-    "$IMAGE" python3 -m proxy serve >/dev/null
+PROXY_API_KEY="$api_key" pm run -d --name "$name-pull" "${volume[@]}" -e PROXY_API_KEY \
+    "${model_env[@]}" "$IMAGE" python3 -m proxy serve >/dev/null
 wait_healthy "$name-pull"
 podman logs "$name-pull" >"$work/pull.log" 2>&1
 count="$(grep -c "\"$expect\"" "$work/pull.log" || true)"
