@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import sys
 from collections.abc import Iterable, MutableMapping
 from typing import Any
@@ -33,23 +34,32 @@ class SecretRedactor:
 
     A secret may reach a log line as is, or as a library wrote it into a message (JSON- or
     repr-escaped, URL-encoded), and the renderer then escapes that text once more. Every such
-    form is computed once here, so masking a line is one substring search per form.
+    form is computed once here, so masking a line is one substring search per form; URL-encoded
+    forms are matched with their ``%XX`` escapes in either case (``%5C`` and ``%5c``), as a
+    client may send them.
     """
 
     def __init__(self, secrets: Iterable[str | None] = ()) -> None:
         forms: dict[str, None] = {}
+        encoded: dict[str, None] = {}
         for secret in filter(None, secrets):
-            url_forms = (quote(secret, safe=""), quote_plus(secret))
-            written = {secret, _json_escaped(secret), repr(secret)[1:-1], *url_forms}
-            written.update(form.lower() for form in url_forms)  # %5C and %5c alike
-            for form in written:
+            for form in (secret, _json_escaped(secret), repr(secret)[1:-1]):
                 forms.update(dict.fromkeys((form, _json_escaped(form), repr(form)[1:-1])))
+            for form in (quote(secret, safe=""), quote_plus(secret)):
+                (encoded if "%" in form else forms)[form] = None
         # Longest first, so a form that contains another is masked whole.
         self._forms = tuple(sorted(forms, key=len, reverse=True))
+        self._encoded = (
+            re.compile("|".join(map(_any_case_escapes, sorted(encoded, key=len, reverse=True))))
+            if encoded
+            else None
+        )
 
     def __call__(self, _logger: Any, _method: str, line: MutableMapping[str, Any] | str) -> str:
         if not isinstance(line, str):
             raise TypeError("SecretRedactor masks a rendered line: put it after the renderer")
+        if self._encoded is not None and "%" in line:
+            line = self._encoded.sub(REDACTED, line)
         for form in self._forms:
             if form in line:
                 line = line.replace(form, REDACTED)
@@ -58,6 +68,14 @@ class SecretRedactor:
 
 def _json_escaped(text: str) -> str:
     return json.dumps(text)[1:-1]
+
+
+def _any_case_escapes(encoded: str) -> str:
+    """A pattern for URL-encoded text that matches its ``%XX`` escapes in either case."""
+    return _ESCAPE.sub(lambda m: f"%(?i:{m.group(1)})", re.escape(encoded))
+
+
+_ESCAPE = re.compile(r"%([0-9A-F]{2})")
 
 
 def configure_logging(

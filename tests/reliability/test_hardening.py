@@ -10,6 +10,7 @@ import asyncio
 import gzip
 import json
 import logging
+import re
 import socket
 import threading
 import time
@@ -426,8 +427,8 @@ def test_an_undecodable_body_is_a_400_in_the_apis_shape(
 # -- secrets, internals and what strangers learn ---------------------------------------------------
 
 
-ODD_KEY = 'rel\\key"with%odd/chars-' + "0123456789abcdef"
-"""A key with characters JSON, repr and URLs escape."""
+ODD_KEY = 'Rel\\Key"with%odd/chars-' + "0123456789abcDEF"
+"""A key with characters JSON, repr and URLs escape, in mixed case."""
 
 
 def test_a_key_with_escaped_characters_is_masked_in_every_form(tmp_path: Path) -> None:
@@ -474,7 +475,7 @@ def test_every_escaped_form_of_a_key_is_masked(
         repr(ODD_KEY)[1:-1],
         repr(ODD_KEY.encode())[2:-1],
         urllib.parse.quote(ODD_KEY, safe=""),
-        urllib.parse.quote(ODD_KEY, safe="").lower(),
+        re.sub("%[0-9A-F]{2}", lambda m: m[0].lower(), urllib.parse.quote(ODD_KEY, safe="")),
         urllib.parse.quote_plus(ODD_KEY),
     ]
     log = get_logger("test")
