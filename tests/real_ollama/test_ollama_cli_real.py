@@ -34,7 +34,10 @@ pytestmark = [
 ]
 
 CLI_TIMEOUT = 60.0
-"""One CLI command: a short generation by SmolLM2 on 2 busy cores included."""
+"""One CLI command."""
+RUN_BUDGET = 20.0
+"""How long ``ollama run`` may generate: the CLI has no way to cap an answer's length and
+SmolLM2 sometimes rambles, so what it has printed by then is what is checked."""
 _TERMINAL_CODES = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 """The spinner and cursor codes the CLI writes even to a pipe."""
 
@@ -49,10 +52,14 @@ def open_proxy(
 
 
 def ollama_cli(
-    real: RealOllama, server: ProxyProcess, home: Path, *args: str
+    real: RealOllama, server: ProxyProcess, home: Path, *args: str, timeout: float = CLI_TIMEOUT
 ) -> subprocess.CompletedProcess[str]:
     """``ollama ARGS`` with ``OLLAMA_HOST`` at the proxy (and a home of its own); its output
-    without terminal codes."""
+    without terminal codes.
+
+    Raises:
+        subprocess.TimeoutExpired: it ran longer than ``timeout`` (and was killed).
+    """
     env = {
         "PATH": os.environ["PATH"],
         "HOME": str(home),
@@ -64,7 +71,7 @@ def ollama_cli(
         stdin=subprocess.DEVNULL,
         capture_output=True,
         text=True,
-        timeout=CLI_TIMEOUT,
+        timeout=timeout,
         check=False,
     )
     done.stdout = _TERMINAL_CODES.sub("", done.stdout)
@@ -84,9 +91,17 @@ def test_list_show_run_and_ps(
     assert shown.returncode == 0, shown.stderr
     assert re.search(r"architecture\s+llama", shown.stdout), shown.stdout
 
-    answer = ollama_cli(real_ollama, open_proxy, tmp_path, "run", CHAT_MODEL, PROMPT)
-    assert answer.returncode == 0, answer.stderr
-    assert_real_text(answer.stdout)
+    try:
+        answer = ollama_cli(
+            real_ollama, open_proxy, tmp_path, "run", CHAT_MODEL, PROMPT, timeout=RUN_BUDGET
+        )
+    except subprocess.TimeoutExpired as cut:  # still talking: judge what it said so far
+        said = cut.stdout or b""
+        text = said.decode(errors="replace") if isinstance(said, bytes) else said
+    else:
+        assert answer.returncode == 0, answer.stderr
+        text = answer.stdout
+    assert_real_text(_TERMINAL_CODES.sub("", text))
 
     loaded = ollama_cli(real_ollama, open_proxy, tmp_path, "ps")
     assert loaded.returncode == 0, loaded.stderr
