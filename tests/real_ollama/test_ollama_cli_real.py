@@ -74,9 +74,14 @@ def ollama_cli(
         timeout=timeout,
         check=False,
     )
-    done.stdout = _TERMINAL_CODES.sub("", done.stdout)
-    done.stderr = _TERMINAL_CODES.sub("", done.stderr)
+    done.stdout, done.stderr = printed(done.stdout), printed(done.stderr)
     return done
+
+
+def printed(output: str | bytes | None) -> str:
+    """What the CLI printed, as text without terminal codes (a timeout leaves bytes or None)."""
+    text = output.decode(errors="replace") if isinstance(output, bytes) else output or ""
+    return _TERMINAL_CODES.sub("", text)
 
 
 def test_list_show_run_and_ps(
@@ -96,12 +101,11 @@ def test_list_show_run_and_ps(
             real_ollama, open_proxy, tmp_path, "run", CHAT_MODEL, PROMPT, timeout=RUN_BUDGET
         )
     except subprocess.TimeoutExpired as cut:  # still talking: judge what it said so far
-        said = cut.stdout or b""
-        text = said.decode(errors="replace") if isinstance(said, bytes) else said
+        text = printed(cut.stdout)
     else:
         assert answer.returncode == 0, answer.stderr
         text = answer.stdout
-    assert_real_text(_TERMINAL_CODES.sub("", text))
+    assert_real_text(text)
 
     loaded = ollama_cli(real_ollama, open_proxy, tmp_path, "ps")
     assert loaded.returncode == 0, loaded.stderr
