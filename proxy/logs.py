@@ -26,6 +26,8 @@ from proxy.config import LogFormat, LogLevel
 __all__ = ["SecretRedactor", "configure_logging", "get_logger"]
 
 REDACTED = "[redacted]"
+_ESCAPE = re.compile(r"%([0-9A-F]{2})")
+"""A ``%XX`` escape as ``urllib.parse.quote`` writes it."""
 
 
 class SecretRedactor:
@@ -73,9 +75,6 @@ def _json_escaped(text: str) -> str:
 def _any_case_escapes(encoded: str) -> str:
     """A pattern for URL-encoded text that matches its ``%XX`` escapes in either case."""
     return _ESCAPE.sub(lambda m: f"%(?i:{m.group(1)})", re.escape(encoded))
-
-
-_ESCAPE = re.compile(r"%([0-9A-F]{2})")
 
 
 def configure_logging(
